@@ -1,0 +1,1 @@
+"""One module per ``tips-eval`` subcommand, each with ``register(subparsers)``."""
