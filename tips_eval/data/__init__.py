@@ -5,6 +5,6 @@ feature engine only needs ``load_image(i)``, ``image_key(i)`` and
 ``fingerprint()``, tasks read targets with ``target(i)``.
 """
 
-from .base import DATASETS, ImageDataset, ListDataset, open_dataset, register_dataset
+from .base import DATASETS, ImageDataset, ListDataset, load_readers, load_rgb, open_dataset, register_dataset
 
-__all__ = ["DATASETS", "ImageDataset", "ListDataset", "open_dataset", "register_dataset"]
+__all__ = ["DATASETS", "ImageDataset", "ListDataset", "load_readers", "load_rgb", "open_dataset", "register_dataset"]

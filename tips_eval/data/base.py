@@ -24,6 +24,22 @@ from tips_eval.errors import BadImageError, UnknownNameError
 
 DATASETS: dict[str, Callable[..., "ImageDataset"]] = {}
 
+#: reader modules under tips_eval/data/ (imported on first use; each registers its names)
+READER_MODULES = ("imagenet", "uned", "captions", "voc", "ade20k", "pascal_context", "nyu", "navi", "synthetic")
+
+
+def load_readers() -> dict[str, Callable[..., "ImageDataset"]]:
+    """Import every reader module so the registry is complete; returns it."""
+    import importlib
+
+    for mod in READER_MODULES:
+        try:
+            importlib.import_module(f"tips_eval.data.{mod}")
+        except ModuleNotFoundError as e:
+            if e.name != f"tips_eval.data.{mod}":
+                raise
+    return DATASETS
+
 
 def register_dataset(name: str):
     """Decorator registering ``reader(root, split, **options) -> ImageDataset``."""
@@ -39,6 +55,8 @@ def register_dataset(name: str):
 
 def open_dataset(name: str, root: str | os.PathLike, split: str, **options) -> "ImageDataset":
     """Open one split of a registered dataset (e.g. ``open_dataset('voc2012', root, 'val')``)."""
+    if name not in DATASETS:
+        load_readers()
     if name not in DATASETS:
         raise UnknownNameError(f"unknown dataset {name!r}", hint=f"known: {', '.join(sorted(DATASETS))}")
     return DATASETS[name](root, split, **options)
