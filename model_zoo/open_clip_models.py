@@ -91,9 +91,10 @@ class OpenClipEncoder(Encoder):
             if want_value:
                 raise NotImplementedError(f"{self.name}: value features are not available for {type(t).__name__}")
             idx = layers or [self.num_layers - 1]
+            with_prefix = self.num_prefix > 0  # timm's Eva fails on return_prefix_tokens without prefix
             final, inter = t.forward_intermediates(pixels, indices=idx, norm=True, output_fmt="NLC",
-                                                   return_prefix_tokens=True)
-            taken = [torch.cat([pre, spatial], dim=1) for spatial, pre in inter][: len(layers)]
+                                                   return_prefix_tokens=with_prefix)
+            taken = [torch.cat(list(y[::-1]), dim=1) if with_prefix else y for y in inter][: len(layers)]
             value = None
         pooled = self.model.visual.head(t.forward_head(final))
         return pooled, final, taken, value

@@ -26,7 +26,9 @@ class RawPixelsEncoder(Encoder):
         self.preprocess = Preprocess(image_size=(image_size, image_size), mean=(0.485, 0.456, 0.406),
                                      std=(0.229, 0.224, 0.225), resize="squash", interpolation="bilinear")
         self.weights_note = "no weights: flattened pixel patches"
-        self.register_buffer("_version", torch.tensor([1]), persistent=True)
+
+    def weights_digest(self) -> str:
+        return f"raw-pixels-v1-p{self.patch_size}"
 
     def _patchify(self, pixels: torch.Tensor) -> torch.Tensor:
         b, c, h, w = pixels.shape
@@ -35,7 +37,7 @@ class RawPixelsEncoder(Encoder):
         return x.permute(0, 2, 4, 1, 3, 5).reshape(b, h // p, w // p, c * p * p)
 
     def _encode_image(self, pixels, layers, kinds) -> Features:
-        patches = self._patchify(pixels.to(self.device))
+        patches = self._patchify(pixels)
         glob = patches.mean(dim=(1, 2))[:, None]
         out_layers = [(glob[:, 0], patches) for _ in layers] if layers else None
         value = patches if "value" in kinds else None
