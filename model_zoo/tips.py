@@ -173,18 +173,20 @@ _SIZES = {  # width, depth, ffn hidden, swiglu, text layers, text mlp
     "so400m14": (1152, 27, 4304, False, 27, 4304),
     "g14": (1536, 40, 4096, True, 12, 6144),
 }
-_RELEASES = [  # zoo name, size, file stem, url base, pos grid, resolution, paper names
-    ("tips-v1-s14-hr", "s14", "tips_oss_s14_highres_distilled", _V1, 16, 448, ("TIPSv1 S/14-HR",)),
-    ("tips-v1-b14-hr", "b14", "tips_oss_b14_highres_distilled", _V1, 16, 448, ("TIPSv1 B/14-HR",)),
-    ("tips-v1-l14-hr", "l14", "tips_oss_l14_highres_distilled", _V1, 16, 448, ("TIPSv1 L/14-HR", "TIPS L/14")),
+_LETTER = {"s14": "S", "b14": "B", "l14": "L", "so400m14": "SO400M", "g14": "g"}
+_RELEASES = [  # zoo name, size, file stem, url base, pos grid, resolution, names in ../shared/paper CSVs
+    ("tips-v1-s14-hr", "s14", "tips_oss_s14_highres_distilled", _V1, 16, 448,
+     ("TIPSv1 S/14-HR (tips_oss_s14_highres_distilled)",)),
+    ("tips-v1-b14-hr", "b14", "tips_oss_b14_highres_distilled", _V1, 16, 448,
+     ("TIPSv1 B/14-HR (tips_oss_b14_highres_distilled)",)),
+    ("tips-v1-l14-hr", "l14", "tips_oss_l14_highres_distilled", _V1, 16, 448,
+     ("TIPSv1 L/14-HR (tips_oss_l14_highres_distilled)", "TIPS L/14")),
     ("tips-v1-so400m14-hr", "so400m14", "tips_oss_so400m14_highres_largetext_distilled", _V1, 16, 448,
-     ("TIPSv1 SO/14-HR",)),
+     ("TIPSv1 SO/14-HR (tips_oss_so400m14_highres_largetext_distilled)",)),
     ("tips-v1-g14-hr", "g14", "tips_oss_g14_highres", _V1, 16, 448,
-     ("[rel] TIPS-g/14 HR (released tips_oss_g14_highres)", "TIPS-g/14 HR (paper model, 448)",
-      "TIPSv1 g/14-HR (tips_oss_g14_highres)", "TIPS g/14")),
+     ("[rel] TIPS-g/14 HR (released tips_oss_g14_highres)", "TIPSv1 g/14-HR (tips_oss_g14_highres)", "TIPS g/14")),
     ("tips-v1-g14-lr", "g14", "tips_oss_g14_lowres", _V1, 16, 224,
-     ("[rel] TIPS-g/14 LR (released tips_oss_g14_lowres)", "TIPS-g/14 LR (paper model, 224)",
-      "TIPSv1 g/14-LR (tips_oss_g14_lowres)")),
+     ("[rel] TIPS-g/14 LR (released tips_oss_g14_lowres)", "TIPSv1 g/14-LR (tips_oss_g14_lowres)")),
     ("tips-v2-b14", "b14", "tips_v2_oss_b14", _V2, 32, 448, ("TIPSv2 B/14 (tips_v2_oss_b14)",)),
     ("tips-v2-l14", "l14", "tips_v2_oss_l14", _V2, 32, 448, ("TIPSv2 L/14 (tips_v2_oss_l14)", "TIPSv2 L/14")),
     ("tips-v2-so400m14", "so400m14", "tips_v2_oss_so14", _V2, 32, 448, ("TIPSv2 SO/14 (tips_v2_oss_so14)",)),
@@ -200,7 +202,7 @@ def _register(zoo_name, size, stem, base, grid, res, paper_names):
                     mlp_dim=t_mlp)
     card = ModelCard(
         name=zoo_name, family="tips", image_size=res, patch_size=14, embed_dim=width, has_text=True,
-        description=f"TIPS{'v2' if base == _V2 else 'v1'} {size.upper()} ({stem}), {res}px",
+        description=f"TIPS{'v2' if base == _V2 else 'v1'} {_LETTER[size]}/14{'' if base == _V2 else ('-LR' if res == 224 else '-HR')} ({stem}), {res}px",
         weights=f"{base}{stem}_{{vision,text}}.npz + tokenizer.model", paper_names=paper_names,
         config=dict(arch=arch, text=text_cfg),
     )
