@@ -25,7 +25,7 @@ from tips_eval.errors import BadImageError, UnknownNameError
 DATASETS: dict[str, Callable[..., "ImageDataset"]] = {}
 
 #: reader modules under tips_eval/data/ (imported on first use; each registers its names)
-READER_MODULES = ("imagenet", "uned", "captions", "voc", "ade20k", "pascal_context", "nyu", "navi", "synthetic")
+READER_MODULES = ("imagenet", "uned", "captions", "hf", "voc", "ade20k", "pascal_context", "nyu", "navi", "synthetic")
 
 
 def load_readers() -> dict[str, Callable[..., "ImageDataset"]]:
