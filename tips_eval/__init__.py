@@ -23,4 +23,15 @@ def list_models(family: str | None = None) -> list[str]:
     return _list(family)
 
 
-__all__ = ["Encoder", "Features", "Preprocess", "TipsEvalError", "load_encoder", "list_models", "__version__"]
+def evaluate(model, suite="paper", data_root=None, **kwargs):
+    """Run (or reuse) a suite for a model or list of models; a tidy pandas DataFrame.
+
+    ``tips_eval.evaluate("tips-v2-b14", suite="paper", data_root="/data")``; keyword
+    arguments go to :func:`tips_eval.runner.run_suite` and :class:`~tips_eval.task_api.RunContext`.
+    """
+    from .runner import evaluate as _evaluate
+
+    return _evaluate(model, suite, data_root, **kwargs)
+
+
+__all__ = ["evaluate", "Encoder", "Features", "Preprocess", "TipsEvalError", "load_encoder", "list_models", "__version__"]
