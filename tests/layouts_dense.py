@@ -64,7 +64,9 @@ def _save_palette_png(path: Path, mask: np.ndarray) -> None:
 def make_voc(root: Path, n: int = 4, aug: bool = False, aug_list: str = "train_aug") -> Path:
     """``VOCdevkit/VOC2012`` with n train + n val images; ``aug=True`` adds n SBD-only ids,
     ``SegmentationClassAug`` (boundary-free grayscale masks, also for the train ids) and the
-    aug list (``aug_list="train_aug"``: train_aug.txt; ``"mmseg"``: mmseg's aug.txt without train)."""
+    aug list (``aug_list="train_aug"``: train_aug.txt with one id a line; ``"deeplab"``: train_aug.txt with
+    DeepLab's ``/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png`` lines; ``"mmseg"``: mmseg's aug.txt,
+    which leaves out the train ids)."""
     voc = Path(root) / "VOCdevkit" / "VOC2012"
     for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         (voc / d).mkdir(parents=True, exist_ok=True)
@@ -89,6 +91,9 @@ def make_voc(root: Path, n: int = 4, aug: bool = False, aug_list: str = "train_a
             Image.fromarray(cls.astype(np.uint8), "L").save(voc / "SegmentationClassAug" / f"{img_id}.png")
         if aug_list == "train_aug":
             _write_list(voc / "ImageSets/Segmentation/train_aug.txt", train + extra)
+        elif aug_list == "deeplab":
+            _write_list(voc / "ImageSets/Segmentation/train_aug.txt",
+                        [f"/JPEGImages/{i}.jpg /SegmentationClassAug/{i}.png" for i in train + extra])
         else:
             _write_list(voc / "ImageSets/Segmentation/aug.txt", extra)
     return voc

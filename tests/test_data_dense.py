@@ -80,7 +80,7 @@ def test_voc_pixels_predict_labels(tmp_path):
     assert (classes[dist.argmin(-1)][keep] == mask[keep]).mean() > 0.99
 
 
-@pytest.mark.parametrize("aug_list", ["train_aug", "mmseg"])
+@pytest.mark.parametrize("aug_list", ["train_aug", "deeplab", "mmseg"])
 def test_voc_aug_lists_and_mask_sources(tmp_path, aug_list):
     ds = open_dataset("voc2012", make_voc(tmp_path, aug=True, aug_list=aug_list), "train", aug=True)
     assert len(ds) == 8 and ds.split == "train_aug"
@@ -274,10 +274,12 @@ def test_convert_probe3d_pkl(tmp_path):
     data = {"depths": np.zeros((6,) + SIZE, np.float32), "images": np.zeros((6, 3) + SIZE, np.uint8), "snorms": n,
             "scene_types": [["kitchen"]] * 6, "train_indices": np.arange(3), "test_indices": np.arange(3, 6)}
     pkl = tmp_path / "nyuv2_snorm_all.pkl"
-    pkl.write_bytes(pickle.dumps(data))
-    assert convert_probe3d_pkl(pkl, root) == 6
-    t = open_dataset("nyuv2", root, "test", normals="file").target(0)  # 1-based index 4 = pickle row 3
-    np.testing.assert_allclose(t["normals"], n[3].transpose(1, 2, 0), atol=1e-6)
+    for protocol in (2, 4, 5):
+        pkl.write_bytes(pickle.dumps(data, protocol=protocol))
+        shutil.rmtree(root / "normals", ignore_errors=True)
+        assert convert_probe3d_pkl(pkl, root) == 6
+        t = open_dataset("nyuv2", root, "test", normals="file").target(0)  # 1-based index 4 = pickle row 3
+        np.testing.assert_allclose(t["normals"], n[3].transpose(1, 2, 0), atol=1e-6)
 
 
 class _Evil:
