@@ -200,15 +200,21 @@ class DPTDecoder(nn.Module):
         x = self.logits(features)
         if self.task == "depth":
             x = bins_to_depth(F.relu(x) + self.min_depth, self.bin_centers)
-        if image_size is not None:
-            x = F.interpolate(x, size=tuple(image_size), mode="bilinear", align_corners=False)
+        if image_size is not None:  # in x's own dtype: depth stays float32 under autocast
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                x = F.interpolate(x, size=tuple(image_size), mode="bilinear", align_corners=False)
         return x
 
 
 def bins_to_depth(scores: torch.Tensor, bin_centers: torch.Tensor) -> torch.Tensor:
-    """Non-negative bin scores (B, n, H, W) -> expected depth (B, 1, H, W) ("linear" normalisation)."""
-    probs = scores / scores.sum(dim=1, keepdim=True)
-    return torch.einsum("bchw,c->bhw", probs, bin_centers.to(probs.dtype))[:, None]
+    """Non-negative bin scores (B, n, H, W) -> expected depth (B, 1, H, W) ("linear" normalisation).
+
+    Computed in float32 (a no-op in float32; keeps the normalisation exact under autocast).
+    """
+    with torch.autocast(device_type=scores.device.type, enabled=False):
+        scores = scores.float()
+        probs = scores / scores.sum(dim=1, keepdim=True)
+        return torch.einsum("bchw,c->bhw", probs, bin_centers.float())[:, None]
 
 
 def to_dpt_inputs(layers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:

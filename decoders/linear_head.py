@@ -143,10 +143,12 @@ class DepthBinsHead(nn.Module):
         return concat_layer_features(layers, self.use_cls, self.n_layers, self.in_dim, size=size)
 
     def forward(self, layers: Layer | Sequence[Layer], image_size: tuple[int, int] | None = None) -> torch.Tensor:
-        scores = F.relu(self.conv(self.bn(self.features(layers)))) + DEPTH_SCORE_EPS
-        probs = scores / scores.sum(dim=1, keepdim=True)
-        depth = torch.einsum("bkhw,k->bhw", probs, self.bin_centers.to(probs.dtype))[:, None]
-        if image_size is not None:
-            depth = F.interpolate(depth, size=tuple(image_size), mode="bilinear", align_corners=False)
+        logits = self.conv(self.bn(self.features(layers)))
+        with torch.autocast(device_type=logits.device.type, enabled=False):  # depth in float32 under autocast
+            scores = F.relu(logits.float()) + DEPTH_SCORE_EPS
+            probs = scores / scores.sum(dim=1, keepdim=True)
+            depth = torch.einsum("bkhw,k->bhw", probs, self.bin_centers.float())[:, None]
+            if image_size is not None:
+                depth = F.interpolate(depth, size=tuple(image_size), mode="bilinear", align_corners=False)
         # a convex combination of the bins; clamp only removes float rounding at the ends
         return depth.clamp(self.min_depth, self.max_depth)

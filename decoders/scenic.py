@@ -149,7 +149,8 @@ def scenic_to_torch(flat: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, 
             continue
         sd[name] = torch.from_numpy(np.ascontiguousarray(_convert(key, _to_numpy(value), kind, to_flax=False)))
     if len(heads) > 1:
-        raise CheckpointError(f"Scenic checkpoint has {len(heads)} task heads ({', '.join(sorted(heads))}); expected one")
+        raise CheckpointError(
+            f"Scenic checkpoint has {len(heads)} task heads ({', '.join(sorted(heads))}); expected one")
     if unknown:
         raise CheckpointError(f"Scenic checkpoint has keys that are not DPT decoder weights: {', '.join(unknown)}")
     return sd

@@ -165,3 +165,23 @@ def test_constructor_validates_arguments():
         DPTDecoder("normals", 16, readout="add")
     with pytest.raises(ValueError, match="4 layers"):
         DPTDecoder("normals", 16, 8, (4, 4, 8, 8))(random_features(16, 2, 2)[:3])
+
+
+def test_bin_centers_come_from_the_file(tmp_path):
+    """Non-uniform saved bin centres are used as saved (the official loader loads the buffer)."""
+    model = randomize_(DPTDecoder("depth", 16, 8, (4, 4, 8, 8), num_bins=6, min_depth=0.1, max_depth=8.0))
+    with torch.no_grad():
+        model.bin_centers.copy_(torch.from_numpy(np.geomspace(0.1, 8.0, 6).astype(np.float32)))
+    np.savez(tmp_path / "d.npz", **{k: v.numpy() for k, v in model.state_dict().items()})
+    loaded = load_tips_dpt(tmp_path / "d.npz", "depth")
+    torch.testing.assert_close(loaded.bin_centers, model.bin_centers, rtol=0, atol=0)
+    feats = random_features(16, 2, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(feats), model(feats))
+
+
+def test_depth_stays_float32_under_autocast():
+    model = DPTDecoder("depth", 16, 8, (4, 4, 8, 8), num_bins=8)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(random_features(16, 2, 3), image_size=(20, 30)).dtype == torch.float32
+        assert DPTDecoder("normals", 16, 8, (4, 4, 8, 8))(random_features(16, 2, 3)).dtype == torch.bfloat16

@@ -81,7 +81,8 @@ def test_depth_head_shapes_and_channels():
     assert head.conv.in_channels == 16 and head.conv.out_channels == 256  # CLS concatenated by default
     assert DepthBinsHead(8, use_cls=False).conv.in_channels == 8
     assert DepthBinsHead(8, n_layers=4).conv.in_channels == 64
-    assert isinstance(head.bn, torch.nn.Identity) and isinstance(DepthBinsHead(8, batchnorm=True).bn, torch.nn.BatchNorm2d)
+    assert isinstance(head.bn, torch.nn.Identity)
+    assert isinstance(DepthBinsHead(8, batchnorm=True).bn, torch.nn.BatchNorm2d)
     out = head(layer())
     assert out.shape == (2, 1, 12, 16)  # x4 upsampled patch grid
     assert head(layer(), image_size=(30, 40)).shape == (2, 1, 30, 40)
@@ -122,3 +123,9 @@ def test_depth_head_validates_arguments():
         DepthBinsHead(8, min_depth=2.0, max_depth=1.0)
     with pytest.raises(ValueError, match="upsample"):
         DepthBinsHead(8, upsample=0)
+
+
+def test_depth_head_float32_under_autocast():
+    head = DepthBinsHead(8, n_bins=16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert head(layer(), image_size=(7, 9)).dtype == torch.float32
