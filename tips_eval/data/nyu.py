@@ -70,7 +70,7 @@ def nyu_intrinsics(h: int = 480, w: int = 640, focal: float | None = None) -> np
     return intrinsics(fx, fy, (NYU_CX + 0.5) * sx - 0.5, (NYU_CY + 0.5) * sy - 0.5)
 
 
-class _NYUBase(ImageDataset):
+class NYUDataset(ImageDataset):
     """Shared target logic: cap, validity, normals, centre crop."""
 
     name = "nyuv2"
@@ -131,7 +131,7 @@ class _NYUBase(ImageDataset):
         return {**super().describe(), **self.protocol}
 
 
-class NYULabeledMat(_NYUBase):
+class NYULabeledMat(NYUDataset):
     """The 1,449-image labelled set, split by ``splits.mat``; read lazily (one h5py handle per process)."""
 
     def __init__(self, mat_path: Path, indices: list[int], *, depth_key: str, **kw):
@@ -183,7 +183,7 @@ class NYULabeledMat(_NYUBase):
         return self.mat_path.parent / "normals" / f"{self.indices[i]:04d}"
 
 
-class NYUSync(_NYUBase):
+class NYUSync(NYUDataset):
     """Per-file RGB + 16-bit millimetre PNG depth listed in a split file."""
 
     def __init__(self, root: Path, rows: list[tuple[str, str, float | None, str | None]], split_file: Path, **kw):
@@ -282,7 +282,7 @@ def _open_sync(root: Path, split: str, split_file, kw: dict) -> NYUSync:
 def nyuv2(root: str | os.PathLike, split: str = "test", *, layout: str = "auto", depth_key: str = "rawDepths",
           max_depth: float = 10.0, normals: str | None = None, center_crop: bool = False,
           splits_file: str | os.PathLike | None = None, split_file: str | os.PathLike | None = None
-          ) -> _NYUBase:
+          ) -> NYUDataset:
     """Open NYUv2 ``train`` / ``test`` from the labelled .mat (+ splits.mat) or a sync split list."""
     if split not in ("train", "test"):
         raise DataError(f"nyuv2: unknown split {split!r}; expected 'train' or 'test'")
