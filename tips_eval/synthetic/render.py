@@ -113,8 +113,29 @@ def _cone(o, d, r, h):
     return _pick(cands + [_disc(o, d, 0.0, r, False)])
 
 
+def _may_hit(obj: dict, origins: np.ndarray, dirs: np.ndarray) -> np.ndarray:
+    """Rays that meet the object's bounding sphere ahead of their origin (cheap culling)."""
+    half_h = obj["height"] / 2
+    centre = np.asarray(obj["center"]) + [0.0, 0.0, half_h]
+    radius2 = (obj["footprint"] ** 2 + half_h ** 2) * 1.0001
+    oc = np.broadcast_to(origins - centre, dirs.shape)
+    a, b, c = (np.einsum("ij,ij->i", x, y) for x, y in ((dirs, dirs), (dirs, oc), (oc, oc)))
+    disc = b * b - a * (c - radius2)
+    return (disc >= 0) & (-b + np.sqrt(np.maximum(disc, 0)) > 0)
+
+
 def intersect_object(obj: dict, origins: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Ray parameter t (N,) (inf on a miss) and world normal (N, 3) of the first hit with one object."""
+    t_all, n_all = np.full(dirs.shape[0], np.inf), np.zeros(dirs.shape)
+    cand = np.nonzero(_may_hit(obj, origins, dirs))[0]
+    if cand.size == 0:
+        return t_all, n_all
+    origins = origins if np.ndim(origins) == 1 else origins[cand]
+    t_all[cand], n_all[cand] = _intersect_local(obj, origins, dirs[cand])
+    return t_all, n_all
+
+
+def _intersect_local(obj: dict, origins: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     rot = _rot_world_to_local(obj["yaw"])
     o = (np.broadcast_to(origins, dirs.shape) - np.asarray(obj["center"])) @ rot.T
     d = dirs @ rot.T
