@@ -15,7 +15,7 @@ from .geometry import intrinsics, look_at
 SHAPES: tuple[str, ...] = ("sphere", "cube", "cylinder", "cone", "pyramid")
 #: per-pixel semantic classes (index = class id); every pixel has one, there is no ignore value
 SEMANTIC_CLASSES: tuple[str, ...] = ("background", "floor") + SHAPES
-#: named object colours (linear RGB in [0, 1])
+#: named object colours (RGB in [0, 1])
 COLORS: dict[str, tuple[float, float, float]] = {
     "red": (0.86, 0.12, 0.10),
     "green": (0.16, 0.62, 0.20),
