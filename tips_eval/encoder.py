@@ -27,7 +27,9 @@ from .preprocess import Preprocess
 #: Feature kinds an encoder may compute besides global and patch tokens.
 #: ``value``: MaskCLIP-style patch features from the last block's value
 #: projection, through the final norm (zero-shot segmentation).
-FEATURE_KINDS = ("value",)
+#: ``mean_patch``: the mean of the final patch tokens, appended as an extra
+#: global token named "mean_patch" (DINOv2's linear-probe "avgpool" input).
+FEATURE_KINDS = ("value", "mean_patch")
 
 
 @dataclass
@@ -124,7 +126,15 @@ class Encoder(nn.Module):
         for k in kinds:
             if k not in FEATURE_KINDS:
                 raise ValueError(f"unknown feature kind {k!r}; expected one of {FEATURE_KINDS}")
-        return self._encode_image(pixels, self.normalize_layers(layers), tuple(kinds))
+        feats = self._encode_image(pixels, self.normalize_layers(layers), tuple(k for k in kinds if k != "mean_patch"))
+        if "mean_patch" in kinds:
+            mean = feats.patch_tokens.mean(dim=(1, 2))
+            if mean.shape[-1] != feats.global_tokens.shape[-1]:
+                raise ValueError(f"{self.name}: mean_patch ({mean.shape[-1]} dims) cannot join global tokens of "
+                                 f"{feats.global_tokens.shape[-1]} dims")
+            feats.global_tokens = torch.cat([feats.global_tokens, mean[:, None].to(feats.global_tokens.dtype)], 1)
+            feats.global_names = tuple(feats.global_names) + ("mean_patch",)
+        return feats
 
     def _encode_image(self, pixels: torch.Tensor, layers: list[int], kinds: tuple[str, ...]) -> Features:
         raise NotImplementedError

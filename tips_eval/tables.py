@@ -102,27 +102,31 @@ def _mark_best(table: ResultTable) -> None:
             r["cells"][c["label"]]["best"] = math.isclose(v, best, rel_tol=1e-9, abs_tol=1e-12)
 
 
-def fmt(v: float | None) -> str:
+#: metrics shown with 3 decimals (metres, ratios); everything else is a percentage or degrees
+_FINE = ("rmse", "abs_rel", "log10", "sq_rel")
+
+
+def fmt(v: float | None, metric: str = "") -> str:
     if v is None:
         return "-"
-    return f"{v:.3f}" if abs(v) < 1 else f"{v:.1f}"
+    return f"{v:.3f}" if metric.split("/")[-1] in _FINE else f"{v:.1f}"
 
 
 def _header(c: dict) -> str:
     return f"{c['label']} {'↑' if c['higher_is_better'] else '↓'}"
 
 
-def _cell_text(cell: dict | None, bold, sup) -> str:
+def _cell_text(cell: dict | None, bold, sup, metric: str = "") -> str:
     if cell is None:
         return ""
     if cell["value"] is None:
         return "-"
-    text = fmt(cell["value"])
+    text = fmt(cell["value"], metric)
     if cell.get("best"):
         text = bold(text)
     if "paper" in cell:
         sign = "+" if cell["delta"] >= 0 else "−"
-        text += f" ({fmt(cell['paper'])}{sup(cell['mark'])}, {sign}{fmt(abs(cell['delta']))})"
+        text += f" ({fmt(cell['paper'], metric)}{sup(cell['mark'])}, {sign}{fmt(abs(cell['delta']), metric)})"
     elif "mark" in cell:
         text += sup(cell["mark"])
     return text
@@ -135,7 +139,7 @@ def to_markdown(table: ResultTable) -> str:
     lines = [f"### {table.title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table.rows:
         label = r["label"] if r["kind"] == "measured" else f"*{r['label']}*"
-        lines.append("| " + " | ".join([label] + [_cell_text(r["cells"].get(c["label"]), bold, sup)
+        lines.append("| " + " | ".join([label] + [_cell_text(r["cells"].get(c["label"]), bold, sup, c["metric"])
                                                  for c in table.columns]) + " |")
     lines.append("")
     lines.append("Measured values: best in bold; in brackets the paper's value for the same checkpoint and "
@@ -165,7 +169,8 @@ def to_latex(table: ResultTable) -> str:
            r"\midrule"]
     for r in table.rows:
         label = _latex_escape(r["label"]) if r["kind"] == "measured" else rf"\textit{{{_latex_escape(r['label'])}}}"
-        cells = [_cell_text(r["cells"].get(c["label"]), bold, sup).replace("−", "-") for c in table.columns]
+        cells = [_cell_text(r["cells"].get(c["label"]), bold, sup, c["metric"]).replace("−", "-")
+                 for c in table.columns]
         out.append(" & ".join([label] + cells) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}"]
     notes = [rf"\textsuperscript{{{m}}} {_latex_escape(s)}" for m, s in table.sources.items()]

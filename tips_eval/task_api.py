@@ -182,7 +182,7 @@ def global_vectors(fs, token: str):
     for part in token.split("+"):
         if part == "first":
             parts.append(np.asarray(fs.global_tokens[:, 0], dtype=np.float32))
-        elif part == "mean_patch":
+        elif part == "mean_patch" and "mean_patch" not in fs.global_names:
             if fs.patch_tokens is None:
                 raise DataError("token 'mean_patch' needs patch tokens in the feature cache")
             out = np.empty((fs.n, fs.patch_tokens.shape[-1]), np.float32)
