@@ -274,3 +274,30 @@ def test_bad_arguments(tiny_tips, paths, tmp_path):
         FeatureSpec(patch_dtype="bfloat16")
     with pytest.raises(tips_eval.errors.DataError, match="empty"):
         run(tiny_tips, ListDataset([], name="none"), cache=tmp_path)
+
+
+def test_bf16_autocast_is_keyed_and_recorded(tiny_tips, paths, tmp_path):
+    ds = ListDataset(paths, name="toy")
+    fp32 = run(tiny_tips, ds, cache=tmp_path / "c")
+    bf16 = run(tiny_tips, ds, cache=tmp_path / "c", precision="bf16")
+    assert bf16.key != fp32.key and bf16.manifest["extraction"]["precision"] == "bf16"
+    diff = np.abs(bf16.global_tokens - fp32.global_tokens)
+    assert 0 < diff.max() < 0.1 * np.abs(fp32.global_tokens).max()  # autocast really ran, and is close
+
+
+def test_concurrent_extraction_of_one_key_waits_for_the_lock(tiny_tips, paths, tmp_path):
+    import threading
+    import time
+
+    ds = ListDataset(paths, name="toy")
+    from tips_eval.features.spec import cache_key
+
+    key = cache_key(tiny_tips, ds, FeatureSpec(), tiny_tips.preprocess, "32")[0]
+    out = {}
+    with dir_lock(tmp_path / "c" / key):
+        t = threading.Thread(target=lambda: out.setdefault("fs", run(tiny_tips, ds, cache=tmp_path / "c")))
+        t.start()
+        time.sleep(0.5)
+        assert t.is_alive() and not (tmp_path / "c" / key).exists()
+    t.join(60)
+    assert out["fs"].key == key and out["fs"].n == 10

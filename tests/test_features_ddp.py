@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from tips_eval.data.base import ListDataset
-from tips_eval.features import FeatureSpec, extract_features
+from tips_eval.features import FeatureSet, FeatureSpec, extract_features
 from tips_eval.model_zoo.tips import random_tips
 
 TINY = dict(embed_dim=32, depth=2, num_heads=2, patch_size=14, grid=2, reg_tokens=1, mlp_hidden=64,
@@ -70,7 +70,6 @@ def test_two_processes_equal_one_process(tmp_path):
                               cache_dir=tmp_path / "one", batch_size=4, shard_size=2, device="cpu",
                               progress=False, skip_bad_images=True)
     assert single.key == info["key"] and single.manifest["extraction"]["world_size"] == 1
-    from tips_eval.features import FeatureSet
 
     multi = FeatureSet.open(tmp_path / "ddp" / info["key"], verify="full")
     assert multi.bad_indices == single.bad_indices == [7]
@@ -84,3 +83,49 @@ def test_two_processes_equal_one_process(tmp_path):
     one = extract_features(enc, ListDataset(paths[:3], name="toy3"), cache_dir=tmp_path / "one", device="cpu",
                            progress=False, batch_size=2, shard_size=1)
     np.testing.assert_allclose(two.global_tokens, one.global_tokens, atol=1e-6)
+
+
+SPAWN_SCRIPT = textwrap.dedent("""
+    import sys
+    from tips_eval.data.base import ListDataset
+    from tips_eval.features import FeatureSpec, extract_features
+    from tips_eval.model_zoo.tips import random_tips
+
+    def main():
+        cache, paths = sys.argv[1], sys.argv[2:]
+        enc = random_tips({tiny!r}, None, name="tiny-tips", image_size=28)
+        fs = extract_features(enc, ListDataset(paths, name="toy"), FeatureSpec(patch_dtype="float32"),
+                              cache_dir=cache, batch_size=2, shard_size=2, device="cpu", devices=2,
+                              strategy="ddp_spawn", progress=False)
+        print("KEY", fs.key, fs.manifest["extraction"]["world_size"])
+
+    if __name__ == "__main__":
+        main()
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_spawn_strategy_pickles_the_job_and_matches(tmp_path):
+    rng = np.random.default_rng(1)
+    (tmp_path / "imgs").mkdir()
+    paths = []
+    for i in range(5):
+        p = tmp_path / "imgs" / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    script = tmp_path / "extract_spawn.py"
+    script.write_text(SPAWN_SCRIPT.format(tiny=TINY))
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "RANK")}
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "ddp"), *paths], cwd=tmp_path, timeout=240,
+                          env={**env, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    key, world = next(line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("KEY"))
+    assert world == "2"
+    enc = random_tips(TINY, None, name="tiny-tips", image_size=28)
+    one = extract_features(enc, ListDataset(paths, name="toy"), FeatureSpec(patch_dtype="float32"),
+                           cache_dir=tmp_path / "one", device="cpu", progress=False)
+    multi = FeatureSet.open(tmp_path / "ddp" / key)
+    np.testing.assert_allclose(multi.patch_tokens, one.patch_tokens, atol=1e-6)
+    np.testing.assert_allclose(multi.global_tokens, one.global_tokens, atol=1e-6)

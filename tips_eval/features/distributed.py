@@ -37,7 +37,15 @@ class FabricComm:
         return bool(self.fabric.all_reduce(t, reduce_op="sum").item() > 0)
 
 
-def _rank_main(fabric, job: Job) -> str:
+class _Payload:
+    """Opaque holder: Lightning's spawn launcher must not walk into the (frozen) dataclasses of a Job."""
+
+    def __init__(self, job: Job):
+        self.job = job
+
+
+def _rank_main(fabric, payload: _Payload) -> str:
+    job = payload.job
     job.extra = {**job.extra, "strategy": type(fabric.strategy).__name__}
     Runner(job, FabricComm(fabric), fabric.device).run()
     return str(job.root)
@@ -48,4 +56,4 @@ def run_distributed(job: Job, *, devices: int, num_nodes: int, strategy, acceler
     Fabric = _fabric_cls()
     fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
                     precision="32-true")
-    return fabric.launch(_rank_main, job)
+    return fabric.launch(_rank_main, _Payload(job))
