@@ -10,7 +10,6 @@ runs resume at the first unfinished shard, and ``devices > 1`` / ``num_nodes >
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import torch

@@ -235,8 +235,10 @@ class Runner:
         self.left = {s: b - a for s, (a, b) in zip(shards, ranges)}
         self.bad = {s: [] for s in shards}
         self.layout, self.arrays = layout, arrays
-        bar = tqdm(total=sum(self.left.values()), unit="img", smoothing=0.1, dynamic_ncols=True,
-                   desc=f"{self.encoder.name} {self.ds_name}" + (f" rank {self.comm.rank}" if self.comm.world > 1 else ""),
+        desc = f"{self.encoder.name} {self.ds_name}"
+        if self.comm.world > 1:
+            desc += f" (rank 0 of {self.comm.world})"
+        bar = tqdm(total=sum(self.left.values()), unit="img", smoothing=0.1, dynamic_ncols=True, desc=desc,
                    disable=not job.progress or self.comm.rank != 0)
         with bar, Finalizer(job.root, arrays, layout) as self.finalizer:
             pending = None
@@ -272,7 +274,7 @@ class Runner:
         start, stop = indices[0], indices[-1] + 1
         good = np.isin(np.arange(start, stop), bad_rows, invert=True)
         if host is not None:
-            for ok, (name, t) in zip(flags.tolist(), host.items()):
+            for ok, (name, t) in zip(flags.tolist(), host.items(), strict=True):
                 if not ok:
                     self.raise_nonfinite(name, t.numpy(), np.arange(start, stop)[good])
         for name, mm in self.arrays.items():
