@@ -52,7 +52,7 @@ class ZeroShotConfig(TaskConfig):
 def run(encoder, data, cfg: ZeroShotConfig, ctx) -> TaskResult:
     test = data["test"]
     require_nonempty(test, "test")
-    names = getattr(test, "class_names", None)
+    names = getattr(test, "label_names", None) or getattr(test, "class_names", None)  # image-level classes
     if not names:
         raise DataError(f"{test.name} has no class names; zero-shot classification needs them")
     classes = class_embeddings(encoder, names, cfg.templates, ctx)

@@ -28,11 +28,20 @@ log = logging.getLogger("tips_eval.runner")
 
 @dataclass
 class ModelRef:
-    """A model to evaluate: a zoo name, a TIPS checkpoint path, or a built encoder."""
+    """A model to evaluate: a zoo name, a TIPS checkpoint path, or a built encoder.
+
+    ``name`` labels the records; ``source`` is what :func:`load_encoder` gets.
+    Random-weight zoo models are labelled ``<name>:random`` so they can never be
+    mistaken for (or compared with the paper numbers of) the pretrained model.
+    """
 
     name: str
     kwargs: dict = field(default_factory=dict)
     encoder: Encoder | None = None
+    source: str | None = None
+
+    def __post_init__(self):
+        self.source = self.source or self.name
 
     @classmethod
     def parse(cls, model, **kwargs) -> "ModelRef":
@@ -41,26 +50,32 @@ class ModelRef:
         if isinstance(model, Encoder):
             return cls(model.name, {}, model)
         model = str(model)
-        if model.endswith(".npz") or os.path.sep in model:
-            kwargs = {**tips_companions(model), **{k: v for k, v in kwargs.items() if v is not None}}
-        return cls(model, {k: v for k, v in kwargs.items() if v is not None})
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        if is_checkpoint_path(model):
+            return cls(model, {**tips_companions(model), **kwargs})
+        name = f"{model}:random" if kwargs.get("pretrained") is False else model
+        return cls(name, kwargs, source=model)
 
     def has_text(self) -> bool:
         if self.encoder is not None:
             return self.encoder.has_text
-        if self.name.endswith(".npz") or os.path.sep in self.name:
+        if is_checkpoint_path(self.source):
             return bool(self.kwargs.get("text_checkpoint"))
         from .model_zoo import get_card
 
-        return get_card(self.name).has_text
+        return get_card(self.source).has_text
 
     def load(self) -> Encoder:
         if self.encoder is None:
             from .loading import load_encoder
 
             log.info("loading model %s", self.name)
-            self.encoder = load_encoder(self.name, **self.kwargs).eval()
+            self.encoder = load_encoder(self.source, **self.kwargs).eval()
         return self.encoder
+
+
+def is_checkpoint_path(name: str) -> bool:
+    return name.endswith(".npz") or os.path.sep in name
 
 
 def tips_companions(vision_path: str) -> dict:
@@ -100,8 +115,14 @@ def open_entry_data(entry: SuiteEntry, data_root: str | os.PathLike | None, over
         if data_root is None:
             raise DatasetLayoutError(f"{entry.dataset}: no --data-root given for relative root {root!r}")
         root = os.path.join(data_root, root)
-    return {role: open_dataset(entry.reader, root, split, **entry.reader_options)
-            for role, split in entry.splits.items()}
+    out = {}
+    for role, split in entry.splits.items():
+        options = dict(entry.reader_options)
+        if isinstance(split, dict):  # {"split": "test", <per-role reader options>}
+            options.update({k: v for k, v in split.items() if k != "split"})
+            split = split["split"]
+        out[role] = open_dataset(entry.reader, root, split, **options)
+    return out
 
 
 def run_suite(models: Iterable, suite: str | Sequence[SuiteEntry] = "paper", data_root=None, *,

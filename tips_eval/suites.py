@@ -36,7 +36,7 @@ class SuiteEntry:
     dataset: str  # display name
     reader: str  # registered dataset reader
     root: str  # relative to --data-root (or absolute)
-    splits: dict[str, str]  # task role -> split name
+    splits: dict[str, Any]  # task role -> split name, or {"split": name, **per-role reader options}
     params: dict[str, Any] = field(default_factory=dict)  # protocol parameters (task config)
     reader_options: dict[str, Any] = field(default_factory=dict)
     table: str = "image-only"  # which table: image-only | image-text | zeroshot-seg | demo
@@ -84,7 +84,7 @@ PAPER: tuple[SuiteEntry, ...] = (
     SuiteEntry("imagenet_linear", "linear_probe", "ImageNet-1K", "imagenet", "imagenet",
                {"train": "train", "test": "val"}, {},
                columns=(_col("IN linear", "top1", "ImageNet-1K", "classification (linear)"),)),
-    SuiteEntry("uned", "uned_retrieval", "UnED", "uned", "uned", {"query": "test", "index": "index"}, {},
+    SuiteEntry("uned", "instance_retrieval", "UnED", "uned", "uned", {"query": "test", "index": "test-index"}, {},
                columns=(_col("UnED R@1", "R@1", "UnED", "fine-grained/instance retrieval (kNN)"),)),
     SuiteEntry("coco_retrieval", "image_text_retrieval", "COCO", "coco", "coco", {"test": "test"}, {},
                table="image-text",

@@ -30,7 +30,7 @@ from .errors import DataError, UnknownNameError
 log = logging.getLogger("tips_eval.task")
 
 #: task modules under tasks/ (imported on first use; each registers its task names)
-TASK_MODULES = ("knn", "linear_probe", "uned_retrieval", "image_text_retrieval", "zeroshot_classification",
+TASK_MODULES = ("knn", "linear_probe", "instance_retrieval", "image_text_retrieval", "zeroshot_classification",
                 "semantic_segmentation", "depth", "normals", "zeroshot_segmentation")
 
 

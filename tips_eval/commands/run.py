@@ -82,7 +82,7 @@ def parse_kv(items, what: str) -> dict:
 
 
 def run(args) -> int:
-    from tips_eval.runner import ModelRef, run_suite
+    from tips_eval.runner import ModelRef, is_checkpoint_path, run_suite
     from tips_eval.suites import get_suite
 
     entries = get_suite(args.suite)
@@ -92,13 +92,9 @@ def run(args) -> int:
         return 0
     kw = dict(text_checkpoint=args.text_checkpoint, tokenizer=args.tokenizer, num_heads=args.num_heads,
               text_num_heads=args.text_num_heads, image_size=args.image_size)
-    models = []
-    for name in args.model:
-        if name.endswith(".npz") or "/" in name:
-            models.append(ModelRef.parse(name, **kw))
-        else:
-            models.append(ModelRef.parse(name, **({"pretrained": False} if args.random_weights else {}),
-                                         **({"image_size": args.image_size} if args.image_size else {})))
+    models = [ModelRef.parse(name, **kw) if is_checkpoint_path(name) else
+              ModelRef.parse(name, pretrained=False if args.random_weights else None, image_size=args.image_size)
+              for name in args.model]
     events = []
 
     def on_event(kind, info):
