@@ -52,6 +52,28 @@ def _inputs(train_x: Any, train_y: Any, test_x: Any) -> tuple[torch.Tensor, torc
     return train, as_labels(train_y, "train_y", train.shape[0]), test
 
 
+def _topk_hits(scores: torch.Tensor, y: torch.Tensor, t: int, class_ids: torch.Tensor) -> torch.Tensor:
+    """Bool (B,): true class voted for and ranked < t under (score desc, class id asc).
+
+    One ``topk`` pass settles every row whose true score differs from the
+    t-th best score; only rows tied with it get the exact rank count.
+    """
+    s_true = scores.gather(1, y[:, None])[:, 0]
+    voted = s_true > 0
+    if t == 1:
+        return (scores.argmax(1) == y) & voted  # argmax returns the first (lowest id) maximum
+    if t >= scores.shape[1]:
+        return voted
+    kth = scores.topk(t, dim=1, sorted=True).values[:, -1]
+    hit = s_true > kth
+    tied = (s_true == kth).nonzero()[:, 0]
+    if len(tied):
+        s, yy, st = scores[tied], y[tied], s_true[tied, None]
+        rank = (s > st).sum(1) + ((s == st) & (class_ids[None, :] < yy[:, None])).sum(1)
+        hit[tied] = rank < t
+    return hit & voted
+
+
 def _class_scores(
     train: torch.Tensor,
     labels: torch.Tensor,
@@ -137,12 +159,9 @@ def knn_evaluate(
             y_dev = y.to(scores.device)
             class_ids = torch.arange(c, device=scores.device)
         yt = y_dev[start : start + scores.shape[0]]
-        s_true = scores.gather(1, yt[:, None])
-        rank = (scores > s_true).sum(1) + ((scores == s_true) & (class_ids[None, :] < yt[:, None])).sum(1)
-        voted = s_true[:, 0] > 0
         h = hits.setdefault(k, {t: 0 for t in tops})
         for t in tops:
-            h[t] += int(((rank < t) & voted).sum())
+            h[t] += int(_topk_hits(scores, yt, t, class_ids).sum())
     n_train = train.shape[0]
     return {k: {f"top{t}": 100.0 * hits[min(k, n_train)][t] / len(y) for t in tops} for k in ks}
 
