@@ -178,6 +178,10 @@ class WindowDataset(ImageDataset):
 
 @dataclass
 class ZeroShotSegConfig(TaskConfig):
+    """Protocol parameters (module docstring). The base ``resolution``, when set, is the notebook's
+    single ``image_size`` knob: short side = window = resolution, stride scaled by resolution / window;
+    the base ``token`` is unused (patch features only)."""
+
     templates: str = "tcl"  # tcl (9) | openai (80)
     inference: str = "slide"  # slide | whole
     short_side: int | None = 448  # None = keep the image size
