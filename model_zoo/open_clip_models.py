@@ -3,7 +3,9 @@
 SigLIP/SigLIP2, EVA and PE towers are timm trunks inside open_clip (timm
 builds them; open_clip adds the text side). Global token = the projected image
 embedding (named ``embed``), the one its text embeddings are aligned with;
-patch tokens = the final-normed trunk tokens. The preprocessing is the
+patch tokens = the final-normed trunk tokens. ``value`` tokens of CLIP-style
+ViTs are MaskCLIP's: the last block's value path, ``ln_post`` and the image
+projection, so they live in the text space (zero-shot segmentation). The preprocessing is the
 pretrained tag's (open_clip's ``get_pretrained_cfg``).
 """
 
@@ -73,8 +75,9 @@ class OpenClipEncoder(Encoder):
         blocks = v.transformer.resblocks
         taken, value = {}, None
         for i, blk in enumerate(blocks):
-            if want_value and i == len(blocks) - 1:
+            if want_value and i == len(blocks) - 1:  # MaskCLIP: value path, ln_post, then the projection
                 value = v.ln_post(_openclip_value_forward(blk, x, batch_first))
+                value = value @ v.proj if v.proj is not None else value
             x = blk(x) if batch_first else blk(x.transpose(0, 1)).transpose(0, 1)
             if i in layers:
                 taken[i] = v.ln_post(x)

@@ -227,10 +227,21 @@ def uned(root: str | os.PathLike, split: str = "test", *, domains: Iterable[str 
     """One split (train/val/test/index/small_index) over the requested or all present domains.
 
     With ``domains=None`` every domain that has ``info_files/<domain>/<split>.json`` is read.
+    ``test-index`` / ``val-index`` give the standard protocol's index for those queries: per
+    domain its index split where one exists (inshop, met, gldv2), else the query split,
+    merged over the domains (items shared with the queries keep the same ``image_key``).
     """
     root = Path(root).expanduser()
+    if split.endswith("-index") and split[: -len("-index")] in ("train", "val", "test"):
+        # the merged index of the standard protocol for these queries (see uned_query_index)
+        base = split[: -len("-index")]
+        _check_root(root)
+        if domains is None:
+            domains = [d for d in DOMAINS if _info_path(root, d, base).is_file()] or None
+        return uned_query_index(root, domains, base, check_files)[1]
     if split not in SPLITS:
-        raise DataError(f"UnED has splits {', '.join(SPLITS)}; got {split!r}")
+        raise DataError(f"UnED has splits {', '.join(SPLITS)} (and test-index/val-index: the merged protocol "
+                        f"index); got {split!r}")
     _check_root(root)
     if domains is None:
         names = [d for d in DOMAINS if _info_path(root, d, split).is_file()]
