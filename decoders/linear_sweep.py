@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -95,44 +96,61 @@ def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     for c in np.unique(y):
         idx = np.nonzero(y == c)[0]
         rng.shuffle(idx)
-        held.append(idx[: min(int(round(fraction * len(idx))), len(idx) - 1)])
+        held.append(idx[: min(round(fraction * len(idx)), len(idx) - 1)])
     held_idx = np.sort(np.concatenate(held))
     return np.setdiff1d(np.arange(len(y)), held_idx), held_idx
 
 
 class LinearHeads:
-    """H linear heads as one (D, H, C) tensor, trained by SGD with per-head lr / wd."""
+    """H linear heads as one (D, H, C) weight tensor (+ bias), trained by SGD with per-head lr / wd.
+
+    The bias is stored as an extra input row of the weight (the batch gets a
+    constant-1 column), so one GEMM gives every head's weight *and* bias
+    gradient; weight decay skips that row.
+    """
 
     def __init__(self, dim: int, num_classes: int, lrs: Sequence[float], wds: Sequence[float], momentum: float,
                  generator: torch.Generator, device: torch.device):
-        self.h, self.c = len(lrs), num_classes
-        self.weight = (torch.randn(dim, self.h, num_classes, generator=generator) * 0.01).to(device)
-        self.bias = torch.zeros(self.h, num_classes, device=device)
-        self.buf_w = torch.zeros_like(self.weight)
-        self.buf_b = torch.zeros_like(self.bias)
-        self.lrs = torch.tensor(lrs, dtype=torch.float32, device=device)
+        self.dim, self.h, self.c = dim, len(lrs), num_classes
+        w = torch.zeros(dim + 1, self.h, num_classes)
+        w[:dim] = torch.randn(dim, self.h, num_classes, generator=generator) * 0.01
+        self.params = w.to(device)  # rows 0..D-1: weights, row D: bias
+        self.buf = torch.zeros_like(self.params)
+        self.lrs = torch.tensor(lrs, dtype=torch.float32, device=device).view(1, self.h, 1)
         self.wds = torch.tensor(wds, dtype=torch.float32, device=device).view(1, self.h, 1)
-        self.any_wd = any(w != 0 for w in wds)
+        self.any_wd = any(wd != 0 for wd in wds)
         self.momentum = momentum
+        self._ones = torch.ones(0, 1, device=device)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.params[: self.dim]
+
+    @property
+    def bias(self) -> torch.Tensor:
+        return self.params[self.dim]
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        if self._ones.shape[0] != x.shape[0]:
+            self._ones = torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)
+        return torch.cat([x, self._ones], 1)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, C) logits of every head."""
-        return torch.addmm(self.bias.view(1, -1), x, self.weight.view(x.shape[1], -1)).view(-1, self.h, self.c)
+        return (self._augment(x) @ self.params.view(self.dim + 1, -1)).view(-1, self.h, self.c)
 
     @torch.no_grad()
     def step(self, x: torch.Tensor, y: torch.Tensor, lr_factor: float) -> None:
         """One SGD step of every head on the batch (mean cross-entropy; exact analytic gradient)."""
         b = x.shape[0]
-        grad = torch.softmax(self.logits(x), dim=-1)
-        grad[torch.arange(b, device=x.device)[:, None], torch.arange(self.h, device=x.device)[None, :], y[:, None]] -= 1.0
-        grad = grad.view(b, -1)
-        self.buf_w.view(x.shape[1], -1).addmm_(x.T, grad, beta=self.momentum, alpha=1.0 / b)
-        if self.any_wd:
-            self.buf_w.addcmul_(self.weight, self.wds)
-        self.buf_b.mul_(self.momentum).add_(grad.sum(0).view(self.h, self.c), alpha=1.0 / b)
-        lr = (self.lrs * lr_factor).view(1, self.h, 1)
-        self.weight.addcmul_(self.buf_w, lr, value=-1.0)
-        self.bias.addcmul_(self.buf_b, lr[0], value=-1.0)
+        xa = self._augment(x)
+        grad = torch.softmax((xa @ self.params.view(self.dim + 1, -1)).view(b, self.h, self.c), dim=-1).view(b, -1)
+        target = y[:, None] + self.c * torch.arange(self.h, device=x.device)[None, :]
+        grad.scatter_add_(1, target, torch.full(target.shape, -1.0, device=x.device))  # softmax - onehot
+        self.buf.view(self.dim + 1, -1).addmm_(xa.T, grad, beta=self.momentum, alpha=1.0 / b)
+        if self.any_wd:  # buf += wd * w, weights only (not the bias row)
+            self.buf[: self.dim].addcmul_(self.params[: self.dim], self.wds)
+        self.params.addcmul_(self.buf, self.lrs, value=-lr_factor)
 
 
 class LinearProbeSweep:

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from tips_eval.decoders import linear_sweep as ls
 from tips_eval.decoders.linear_sweep import LinearHeads, LinearProbeSweep, stratified_split
+
 from tips_eval.errors import DataError
 
 
@@ -84,7 +84,7 @@ def test_accuracy_agrees_with_sklearn_logistic_regression():
 def test_deterministic_for_a_seed_and_memmap_input_matches(tmp_path):
     x, y = blobs(4, 600)
     xv, yv = blobs(5, 200)
-    kw = dict(lrs=(1e-3, 1e-2, 1e-1), wds=(0.0, 1e-3), epochs=2, batch_size=32)
+    kw = {"lrs": (1e-3, 1e-2, 1e-1), "wds": (0.0, 1e-3), "epochs": 2, "batch_size": 32}
     a = LinearProbeSweep(16, 6, seed=3, **kw).fit(x, y, xv, yv)
     mm = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.float32, shape=x.shape)
     mm[:] = x

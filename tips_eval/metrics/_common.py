@@ -129,6 +129,9 @@ class RowGroups:
     def has_duplicates(self) -> bool:
         return len(self.rep) < len(self.uid)
 
+    def to(self, device: torch.device) -> RowGroups:
+        return RowGroups(*(v.to(device) for v in (self.uid, self.rep, self.counts, self.members, self.offsets)))
+
 
 _HASH_WEIGHTS: dict[int, np.ndarray] = {}
 

@@ -25,7 +25,8 @@ Accuracies are percentages in [0, 100].
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -25,7 +25,8 @@ All values are percentages in [0, 100].
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
