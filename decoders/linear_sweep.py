@@ -49,7 +49,7 @@ class Features:
         if isinstance(x, np.memmap):
             self.data = x  # stays on disk; rows are read per batch
         elif isinstance(x, torch.Tensor):
-            self.data = x.detach().to("cpu", torch.float32).contiguous()
+            self.data = x.detach().to(dtype=torch.float32).contiguous()  # stays on its device
         else:
             self.data = torch.from_numpy(np.ascontiguousarray(to_numpy(x, name), dtype=np.float32))
         if self.data.ndim != 2 or self.data.shape[0] == 0:
@@ -72,7 +72,7 @@ class Features:
     def rows(self, idx: np.ndarray) -> torch.Tensor:
         """Rows ``idx`` (already sorted for memmaps) as a float32 tensor."""
         if isinstance(self.data, torch.Tensor):
-            return self.data[torch.from_numpy(idx)]
+            return self.data[torch.from_numpy(idx).to(self.data.device)]
         return torch.from_numpy(np.ascontiguousarray(self.data[idx], dtype=np.float32))
 
 
