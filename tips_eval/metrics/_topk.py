@@ -71,7 +71,10 @@ def _topk_rows(sims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         return vals, idx
     vals, idx = sims.topk(k + 1, dim=1)
     boundary_tie = vals[:, k - 1] == vals[:, k]
-    vals, idx = _order_ties(vals[:, :k], idx[:, :k])
+    vals, idx = vals[:, :k], idx[:, :k]
+    tied = (vals[:, 1:] == vals[:, :-1]).any(1).nonzero()[:, 0]  # topk leaves the order of equal values open
+    if len(tied):
+        vals[tied], idx[tied] = _order_ties(vals[tied], idx[tied])
     if bool(boundary_tie.any()):
         rows = boundary_tie.nonzero()[:, 0]
         v, i = sims[rows].sort(dim=1, descending=True, stable=True)
