@@ -145,18 +145,26 @@ def resolve_layers(encoder, cfg: DenseConfig, kind: str) -> list[int]:
     return list(range(encoder.num_layers - n, encoder.num_layers))
 
 
+def validate_config(cfg: DenseConfig, kind: str) -> None:
+    """Refuse unknown choices before any data is read."""
+    check_head(kind, cfg.head)
+    for name, allowed in (("feature_source", ("cached", "backbone")), ("inference", (None, "whole", "slide")),
+                          ("crop", (None, "none", "object")), ("schedule", (None, "poly", "cosine", "constant"))):
+        value = getattr(cfg, name)
+        if value not in allowed:
+            raise DataError(f"{name}={value!r}; expected one of {', '.join(str(a) for a in allowed if a)}")
+    if not 0 < cfg.slide_stride <= 1:
+        raise DataError(f"slide_stride={cfg.slide_stride}; expected a fraction of the window in (0, 1]")
+
+
 def run_dense(encoder, data, cfg: DenseConfig, ctx, kind: str, *, num_outputs: int, loss_kw: dict,
               head_kw: dict, target_kw: dict, eval_kw: dict, protocol_extra: dict) -> TaskResult:
     """Train the configured head on ``data['train']`` and score it on ``data['test']``."""
     t0 = time.perf_counter()
-    check_head(kind, cfg.head)
+    validate_config(cfg, kind)
     ref = REFERENCE[(kind, cfg.head)]
-    if cfg.feature_source not in ("cached", "backbone"):
-        raise DataError(f"feature_source={cfg.feature_source!r}; expected 'cached' or 'backbone'")
     train, test = data["train"], data["test"]
     crop = cfg.crop or ("object" if getattr(test, "name", "") == "navi" else "none")
-    if crop not in ("none", "object"):
-        raise DataError(f"crop={crop!r}; expected 'none' or 'object'")
     if crop == "object":
         check_dataset(train, "depth", "train")
         train, test = ObjectCropView(train), ObjectCropView(test)
@@ -174,11 +182,10 @@ def run_dense(encoder, data, cfg: DenseConfig, ctx, kind: str, *, num_outputs: i
     spec = FeatureSpec(layers=tuple(uniq), patch=False, preprocess=pre)
     flip = bool(_pick(cfg, ref, "flip"))
     inference = cfg.inference or ("whole" if cfg.feature_source == "cached" else "slide")
-    if inference not in ("whole", "slide"):
-        raise DataError(f"inference={inference!r}; expected 'whole' or 'slide'")
     dev = ctx.torch_device()
     precision = resolve_precision(ctx.precision, dev.type)
 
+    torch.manual_seed(ctx.seed)  # the head's initialisation is part of the seeded protocol
     head = DenseHead(kind, cfg.head, encoder.embed_dim, num_outputs=num_outputs, n_layers=len(layers),
                      use_cls=bool(_pick(cfg, ref, "use_cls")), batchnorm=bool(_pick(cfg, ref, "batchnorm")),
                      dropout=cfg.dropout, dpt_channels=cfg.dpt_channels,

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tips_eval.errors import BadImageError, DataError
+from tips_eval.errors import BadImageError, DataError, TipsEvalError
+from tips_eval.features.pipeline import Failure
 
 from ._dense_data import augment, flip_target, read_target, resize_target, target_tensor
 from ._dense_heads import DenseHead, DenseLoss, lr_factor
@@ -85,7 +86,13 @@ class CachedTrainSet(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, k: int) -> dict:
+    def __getitem__(self, k: int):
+        try:
+            return self._item(k)
+        except TipsEvalError as e:  # shipped to the main process as data: one clean line, even from a worker
+            return Failure(k, type(e).__name__, e.message, e.hint)
+
+    def _item(self, k: int) -> dict:
         v, r = self.items[k]
         cls, patch = layer_batch(self.views[v], np.array([r]), self.slots)
         value, valid = self._target(r)
@@ -112,6 +119,12 @@ class AugmentedTrainSet(Dataset):
         return len(self.ds)
 
     def __getitem__(self, i: int):
+        try:
+            return self._item(i)
+        except TipsEvalError as e:  # shipped to the main process as data: one clean line, even from a worker
+            return Failure(i, type(e).__name__, e.message, e.hint)
+
+    def _item(self, i: int):
         from torchvision.transforms.functional import to_tensor
 
         try:
@@ -129,6 +142,10 @@ class AugmentedTrainSet(Dataset):
 
 
 def collate(items):
+    """Stack items; a reader failure anywhere in the batch becomes the batch (raised by the step)."""
+    failed = [x for x in items if isinstance(x, Failure)]
+    if failed:
+        return failed[0]
     items = [x for x in items if x is not None]
     if not items:
         return None
@@ -170,6 +187,8 @@ class DenseProbe(_lightning().LightningModule):
         return [got[s] for s in self.slot_ids]
 
     def training_step(self, batch, batch_idx):
+        if isinstance(batch, Failure):
+            raise batch.exception()
         if batch is None:  # every image of the batch was unreadable (skip_bad_images)
             return None
         out = self.head(self._features(batch), self.size)
@@ -232,7 +251,8 @@ def fit(module: DenseProbe, train_set: Dataset, ctx, plan: TrainPlan, precision:
         trainer.fit(module, loader)
     losses = torch.stack(module.losses).float().cpu().numpy() if module.losses else np.zeros(0)
     k = max(1, min(10, len(losses) // 5)) if len(losses) else 1
-    return {"steps_run": int(trainer.global_step), "saw_valid_pixels": module.valid_pixels > 0, "batch_per_device": batch, "world_size": world,
+    return {"steps_run": int(trainer.global_step), "saw_valid_pixels": module.valid_pixels > 0,
+            "batch_per_device": batch, "world_size": world,
             "loss_first": float(losses[:k].mean()) if len(losses) else None,
             "loss_last": float(losses[-k:].mean()) if len(losses) else None,
             "is_global_zero": bool(trainer.is_global_zero), "losses": losses}

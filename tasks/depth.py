@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from tips_eval.task_api import TaskResult, register_task
 
-from ._dense import DenseConfig, run_dense
-from ._dense_data import read_target
+from ._dense import DenseConfig, run_dense, validate_config
+from ._dense_data import check_dataset, read_target
 
 #: max_depth per dataset when the config leaves it None: NYU 10 m (DINOv2/DINOv3, Probe3D), NAVI 1 m (Probe3D)
 DEPTH_RANGES = {"nyuv2": 10.0, "navi": 1.0}
@@ -58,7 +58,9 @@ def resolve_max_depth(cfg: DepthConfig, train) -> tuple[float, str]:
 def run(encoder, data, cfg: DepthConfig, ctx) -> TaskResult:
     from ._dense import REFERENCE, _pick
 
+    validate_config(cfg, "depth")
     train, test = data["train"], data["test"]
+    check_dataset(train, "depth", "train")
     max_depth, source = resolve_max_depth(cfg, train)
     ref = REFERENCE.get(("depth", cfg.head), {})
     sig, grad = float(_pick(cfg, ref, "sig_weight") or 0.0), float(_pick(cfg, ref, "grad_weight") or 0.0)
