@@ -141,7 +141,7 @@ class Evaluator:
 
 def save_qualitative(ctx, kind: str, samples: list[tuple], num_classes: int | None, title: str) -> dict:
     """``predictions.npz`` + ``predictions.png`` of a few test images; {} when there is no out_dir."""
-    npz_path = ctx.artifact_path(f"{kind}_predictions.npz")
+    npz_path = ctx.artifact_path("predictions.npz")
     if npz_path is None or not samples:
         return {}
     from tips_eval.plots import dense_figure
@@ -157,7 +157,7 @@ def save_qualitative(ctx, kind: str, samples: list[tuple], num_classes: int | No
     if num_classes is not None:
         arrays["num_classes"] = np.array(int(num_classes))
     np.savez_compressed(npz_path, **arrays)
-    png = ctx.artifact_path(f"{kind}_predictions.png")
+    png = ctx.artifact_path("predictions.png")
     dense_figure(list(arrays["images"]), list(arrays["targets"]), list(arrays["preds"]), kind, png,
                  num_classes=num_classes, title=title)
     return {"predictions": str(npz_path), "figure": str(png)}

@@ -83,7 +83,8 @@ def test_segmentation_voc_layout_end_to_end(tmp_path):
     assert (r.info["n_train"], r.info["n_test"], r.info["steps_run"]) == (4, 4, 4)
     z = saved(r)
     assert z["images"].shape == (4, 48, 64, 3) and z["images"].dtype == np.uint8 and str(z["kind"]) == "segmentation"
-    assert int(z["num_classes"]) == 21 and (tmp_path / "out" / "segmentation_predictions.png").is_file()
+    assert int(z["num_classes"]) == 21 and r.artifacts["figure"] == str(tmp_path / "out" / "predictions.png")
+    assert (tmp_path / "out" / "predictions.png").is_file()
     test = data["test"]
     for i in range(4):  # the saved targets are the reader's masks, the predictions valid class maps
         assert np.array_equal(z["targets"][i], test.target(i)["mask"])
@@ -153,6 +154,30 @@ def test_navi_depth_and_normals_object_crop(tmp_path):
     normals = {s: open_dataset("navi", root, s, stride=1, normals="from_depth") for s in ("train", "test")}
     rn = run("normals", enc, normals, ctx, head="linear", steps=2, normals_loss="angular")
     assert set(rn.metrics) == NORMAL_KEYS and rn.protocol["crop"] == "object" and rn.protocol["outputs"] == 3
+
+
+def test_segmentation_dpt_head(tmp_path):
+    voc = make_voc(tmp_path)
+    data = {"train": open_dataset("voc2012", voc, "train"), "test": open_dataset("voc2012", voc, "val")}
+    r = run("semantic_segmentation", tiny_tips(), data, make_ctx(tmp_path), head="dpt", steps=2, **SMALL_DPT)
+    p = r.protocol
+    assert p["dpt"]["task"] == "segmentation" and p["dpt"]["num_classes"] == 21 and p["layers"] == [0, 1, 2, 3]
+    assert (p["schedule"], p["lr"], p["batch_size"]) == ("cosine", 5e-4, 8) and set(r.metrics) == {"mIoU", "aAcc",
+                                                                                                  "mAcc"}
+
+
+def test_depth_backbone_mode_slides_and_keeps_the_eigen_crop(tmp_path):
+    root = make_nyu_sync(tmp_path, n=4)
+    data = {s: open_dataset("nyuv2", root, s) for s in ("train", "test")}
+    r = run("depth", tiny_tips(), data, make_ctx(tmp_path), feature_source="backbone", steps=2, batch_size=2,
+            n_bins=16)
+    p = r.protocol
+    assert (p["feature_source"], p["inference"], p["eigen_crop"], p["aug_scale"]) == ("backbone", "slide", True,
+                                                                                      [1.0, 1.0])
+    z = saved(r)
+    expected = [depth_metrics(pr, t, valid=(t >= 0.001) & (t <= 10) & eigen_crop_mask(48, 64))
+                for pr, t in zip(z["preds"], z["targets"])]
+    assert r.metrics["rmse"] == pytest.approx(np.mean([e["rmse"] for e in expected]), rel=1e-5)
 
 
 # ------------------------------------------------------------------ learning on synthetic scenes
@@ -239,3 +264,26 @@ def test_runner_writes_a_dense_record(tmp_path):
     assert rec["status"] == "done" and rec["headline"] == "mIoU" and rec["quick"] is True
     assert rec["protocol"]["resolved"]["feature_source"] == "cached" and rec["protocol"]["resolved"]["steps"] == 2
     assert {"predictions", "figure"} <= set(rec["artifacts"]) and rec["info"]["n_test"] == 4
+
+
+def test_paper_suite_dense_entries_run_on_tiny_layouts(tmp_path):
+    """The six dense entries of the built-in paper suite, as written (splits, reader options, heads), on
+    tiny copies of their datasets under one data root; only the schedule is shortened."""
+    from tips_eval.runner import ModelRef, run_suite
+
+    make_voc(tmp_path)
+    make_ade20k(tmp_path)
+    make_nyu_mat(tmp_path / "nyuv2", n=4)
+    make_navi(tmp_path)
+    ids = ["voc_seg", "ade20k_seg", "nyu_depth", "navi_depth", "nyu_normals", "navi_normals"]
+    ctx = RunContext(cache_dir=tmp_path / "cache", progress=False, batch_size=8, num_workers=0)
+    recs = run_suite([ModelRef("tiny-tips", {}, tiny_tips())], "paper", tmp_path, entries=ids, ctx=ctx,
+                     results_dir=tmp_path / "runs", params={"steps": 1, "n_bins": 8, **SMALL_DPT})
+    by_id = {r["suite_entry"]: r for r in recs}
+    assert sorted(by_id) == sorted(ids) and all(r["status"] == "done" for r in recs)
+    assert by_id["nyu_depth"]["protocol"]["resolved"]["eigen_crop"] is True
+    assert by_id["navi_depth"]["protocol"]["resolved"]["max_depth"] == 1.0
+    assert by_id["navi_normals"]["protocol"]["resolved"]["crop"] == "object"
+    for r in recs:
+        col = r["columns"][0]["metric"]
+        assert col == r["headline"] and np.isfinite(r["metrics"][col])

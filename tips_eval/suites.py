@@ -70,14 +70,14 @@ PAPER: tuple[SuiteEntry, ...] = (
     SuiteEntry("nyu_depth", "depth", "NYUv2", "nyuv2", "nyuv2", {"train": "train", "test": "test"},
                {"head": "linear_bins"},
                columns=(_col("NYUv2 depth RMSE", "rmse", "NYUv2", "monocular depth", higher=False),)),
-    SuiteEntry("navi_depth", "depth", "NAVI", "navi", "navi_v1", {"train": "train", "test": "test"},
+    SuiteEntry("navi_depth", "depth", "NAVI", "navi", "navi_v1", {"train": "trainval", "test": "test"},
                {"head": "dpt"},
                columns=(_col("NAVI depth RMSE", "rmse", "NAVI", "monocular depth", higher=False),)),
     SuiteEntry("nyu_normals", "normals", "NYUv2", "nyuv2", "nyuv2", {"train": "train", "test": "test"},
-               {"head": "dpt"},
+               {"head": "dpt"}, reader_options={"normals": "file"},  # Probe3D's normals (convert_probe3d_pkl)
                columns=(_col("NYUv2 normals RMSE", "angular_rmse", "NYUv2", "surface normals", higher=False),)),
-    SuiteEntry("navi_normals", "normals", "NAVI", "navi", "navi_v1", {"train": "train", "test": "test"},
-               {"head": "dpt"},
+    SuiteEntry("navi_normals", "normals", "NAVI", "navi", "navi_v1", {"train": "trainval", "test": "test"},
+               {"head": "dpt"}, reader_options={"normals": "from_depth"},  # Probe3D: normals from depth
                columns=(_col("NAVI normals RMSE", "angular_rmse", "NAVI", "surface normals", higher=False),)),
     SuiteEntry("imagenet_knn", "knn", "ImageNet-1K", "imagenet", "imagenet", {"train": "train", "test": "val"},
                {}, columns=(_col("IN kNN", "top1", "ImageNet-1K", "classification (kNN)"),)),
