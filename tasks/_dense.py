@@ -78,7 +78,7 @@ class DenseConfig(TaskConfig):
     flip: bool | None = None  # training-time left-right flip (cached: the flipped view's features)
     steps: int | None = None  # total iterations (overrides epochs)
     epochs: float | None = None  # passes over the training images (Probe3D: 10)
-    batch_size: int | None = None
+    batch_size: int | None = None  # global: split over devices x nodes (DINOv2 16 = 2 x 8 GPUs)
     lr: float | None = None
     weight_decay: float | None = None
     schedule: str | None = None  # poly | cosine | constant, stepped per iteration
@@ -251,6 +251,7 @@ def run_dense(encoder, data, cfg: DenseConfig, ctx, kind: str, *, num_outputs: i
     }
     info.update(eval_info)
     info.update({"n_train": n_train, "steps_run": summary["steps_run"], "world_size": summary["world_size"],
+                 "batch_per_device": summary["batch_per_device"],
                  "loss_first": summary["loss_first"], "loss_last": summary["loss_last"],
                  "seconds": {"features": round(t_feat - t0, 3), "train": round(t_train - t_feat, 3),
                              "eval": round(t_eval - t_train, 3)}})

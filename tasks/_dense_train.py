@@ -227,23 +227,38 @@ def _quiet(progress: bool):
                 lg.setLevel(lv)
 
 
+@contextlib.contextmanager
+def _restore_torch_flags():
+    """Lightning's ``deterministic`` flips process-wide torch flags; put them back after training."""
+    det, warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    bench = torch.backends.cudnn.benchmark
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(det, warn_only=warn)
+        torch.backends.cudnn.benchmark = bench
+
+
 def fit(module: DenseProbe, train_set: Dataset, ctx, plan: TrainPlan, precision: str) -> dict:
-    """Train ``module`` for ``plan.steps`` iterations with a Lightning Trainer; returns a summary."""
+    """Train ``module`` for ``plan.steps`` iterations with a Lightning Trainer; returns a summary.
+
+    ``plan.batch_size`` is the global batch (the reference protocols' total over their GPUs): each of
+    the ``devices x num_nodes`` processes takes an equal share.
+    """
     pl = _lightning()
     pl.seed_everything(ctx.seed, workers=True, verbose=False)
-    dev_type = ctx.torch_device().type if ctx.device else ("cuda" if torch.cuda.is_available() else "cpu")
+    dev_type = ctx.torch_device().type
     workers = ctx.num_workers if ctx.num_workers is not None else (4 if dev_type == "cuda" else 0)
-    gen = torch.Generator().manual_seed(ctx.seed)
-    batch = min(plan.batch_size, len(train_set))
-    loader = DataLoader(train_set, batch_size=batch, shuffle=True, drop_last=len(train_set) >= batch,
-                        num_workers=workers, collate_fn=collate, generator=gen,
-                        persistent_workers=workers > 0, pin_memory=dev_type == "cuda")
     world = max(1, ctx.devices) * max(1, ctx.num_nodes)
-    with _quiet(ctx.progress):
+    batch = max(1, min(plan.batch_size // world, len(train_set)))
+    loader = DataLoader(train_set, batch_size=batch, shuffle=True, drop_last=len(train_set) >= batch,
+                        num_workers=workers, collate_fn=collate, generator=torch.Generator().manual_seed(ctx.seed),
+                        persistent_workers=workers > 0, pin_memory=dev_type == "cuda")
+    with _quiet(ctx.progress), _restore_torch_flags():
         trainer = pl.Trainer(
             accelerator={"cuda": "gpu"}.get(dev_type, dev_type), devices=ctx.devices, num_nodes=ctx.num_nodes,
-            strategy=ctx.strategy or "auto", max_steps=plan.steps, max_epochs=-1, deterministic=(
-                True if dev_type == "cpu" else "warn"),  # CUDA bilinear-upsample backward has no deterministic kernel
+            strategy=ctx.strategy or "auto", max_steps=plan.steps, max_epochs=-1,
+            deterministic=True if dev_type == "cpu" else "warn",  # CUDA upsample backward: no deterministic kernel
             precision={"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}[precision],
             gradient_clip_val=plan.grad_clip, logger=False, enable_checkpointing=False,
             enable_progress_bar=ctx.progress, enable_model_summary=False, num_sanity_val_steps=0,
