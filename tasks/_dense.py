@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tips_eval.errors import DataError
+from tips_eval.errors import BadImageError, DataError
 from tips_eval.features import FeatureSpec
 from tips_eval.features.spec import resolve_precision
 from tips_eval.task_api import TaskConfig, TaskResult
@@ -268,10 +268,19 @@ def _evaluate(head, encoder, test, spec, slots, size, inference, cfg, ctx, kind,
         fs = ctx.features(encoder, test, spec)
         good, slide, keys = np.asarray(fs.good_mask, bool), None, [fs.key]
     else:
-        sizes = [read_target(test, i, kind)[1].shape for i in range(len(test))]
+        sizes, unreadable = [], set()
+        for i in range(len(test)):
+            try:
+                sizes.append(read_target(test, i, kind)[1].shape)
+            except BadImageError:  # the label check reads the image header
+                if not ctx.skip_bad_images:
+                    raise
+                sizes.append(size)
+                unreadable.add(i)
         view = SlideView(test, size[0], max(1, round(size[0] * cfg.slide_stride)), sizes)
         fs = ctx.features(encoder, view, spec)
         win_good = np.asarray(fs.good_mask, bool)
+        win_good &= np.array([i not in unreadable for i, _, _ in view.windows], bool)
         good = np.zeros(len(test), bool)
         for k, (i, _, _) in enumerate(view.windows):
             good[i] |= win_good[k]

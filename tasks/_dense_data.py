@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from tips_eval.data.base import ImageDataset
-from tips_eval.errors import DataError
+from tips_eval.errors import BadImageError, DataError
 
 KINDS = ("segmentation", "depth", "normals")
 IGNORE = 255
@@ -37,10 +37,17 @@ def _where(ds: ImageDataset, i: int) -> str:
 
 
 def check_dataset(ds: ImageDataset, kind: str, role: str) -> None:
-    """Fail early (before any extraction) when a split cannot feed this dense task."""
+    """Fail early (before any extraction) when a split cannot feed this dense task (the first readable item
+    is checked; unreadable images are the feature engine's business)."""
     if len(ds) == 0:
         raise DataError(f"{ds.name}/{ds.split} ({role}) is empty")
-    t = ds.target(0)
+    for i in range(min(len(ds), 8)):
+        try:
+            t = ds.target(i)
+            break
+        except BadImageError:
+            if i == min(len(ds), 8) - 1:
+                raise
     need = {"segmentation": "mask", "depth": "depth", "normals": "normals"}[kind]
     if need not in t:
         have = ", ".join(sorted(k for k in t if not k.startswith("_"))) or "none"

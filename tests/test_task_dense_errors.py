@@ -139,3 +139,22 @@ def test_bad_protocol_parameters(tmp_path, task, params, match):
 def test_unknown_parameter_is_refused():
     with pytest.raises(DataError, match="unknown protocol parameter.*n_bin"):
         get_task("depth").config_cls.from_dict({"n_bin": 3})
+
+
+def test_unreadable_images_are_dropped_when_asked(tmp_path):
+    voc, data = voc_data(tmp_path)
+    train_ids = (voc / "ImageSets/Segmentation/train.txt").read_text().split()
+    val_ids = (voc / "ImageSets/Segmentation/val.txt").read_text().split()
+    for i in (train_ids[0], val_ids[2]):
+        (voc / "JPEGImages" / f"{i}.jpg").write_bytes(b"not a jpeg")
+    spec = get_task("semantic_segmentation")
+    for source in ("cached", "backbone"):
+        ctx = RunContext(cache_dir=tmp_path / "cache", progress=False, batch_size=8, num_workers=0,
+                         skip_bad_images=True)
+        r = spec.run(pixels(), data, spec.config_cls.from_dict({"steps": 2, "feature_source": source}), ctx)
+        assert (r.info["n_test"], r.info["bad_test_images"]) == (3, 1)
+        if source == "cached":
+            assert (r.info["n_train"], r.info["bad_train_images"]) == (3, 1)
+        strict = RunContext(cache_dir=tmp_path / "strict", progress=False, num_workers=0)
+        with pytest.raises(TipsEvalError, match="cannot decode image .*JPEGImages"):
+            spec.run(pixels(), data, spec.config_cls.from_dict({"steps": 2, "feature_source": source}), strict)
