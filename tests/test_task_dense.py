@@ -121,6 +121,11 @@ def test_depth_nyu_mat_linear_bins_eigen_crop(tmp_path):
                 for pr, t in zip(z["preds"], z["targets"])]  # the 12 m block and the hole are invalid
     for k in DEPTH_KEYS:
         assert r.metrics[k] == pytest.approx(np.mean([e[k] for e in expected]), rel=1e-5)
+    aligned = run("depth", pixels(), data, make_ctx(tmp_path), steps=3, n_bins=16, align="scale_shift")
+    assert aligned.protocol["align"] == "scale_shift" and aligned.metrics["rmse"] <= r.metrics["rmse"] + 1e-9
+    fitted = [depth_metrics(pr, t, valid=(t >= 0.001) & (t <= 10) & eigen_crop_mask(48, 64), align="scale_shift")
+              for pr, t in zip(z["preds"], z["targets"])]  # same seed, same head: only the alignment differs
+    assert aligned.metrics["rmse"] == pytest.approx(np.mean([e["rmse"] for e in fitted]), rel=1e-5)
 
 
 def test_normals_nyu_sync_dpt_uncertainty(tmp_path):
