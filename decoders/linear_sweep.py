@@ -11,6 +11,8 @@ Protocol (dinov2 ``eval/linear.py``, PROTOCOLS.md section 4) on cached features:
   ``CosineScheduler``); cross-entropy averaged over the batch;
 - lr grid: DINOv2's {1e-5, 2e-5, 5e-5, ..., 0.1} (13 values) scaled by
   batch_size / 256; weight-decay grid {0, 1e-4, 1e-3} (DINOv2 itself uses 0);
+  default batch 256 (DINOv2: 8 GPUs x 128 = 1024 for 10 ImageNet epochs; pass
+  ``batch_size=1024`` to match it, the lrs scale with it);
 - init N(0, 0.01) weights, zero bias (DINOv2 ``LinearClassifier``);
 - features are used as given (DINOv2 feeds the concatenated normed tokens
   unnormalised); ``normalize=True`` L2-normalises each row first;
@@ -22,6 +24,11 @@ Protocol (dinov2 ``eval/linear.py``, PROTOCOLS.md section 4) on cached features:
   we do not. With ``refit=True`` (default) the chosen (lr, wd) is retrained on
   all of train and that head is evaluated on val; the result also reports
   the sweep head's own val accuracy.
+
+Cost: data is read once per epoch for all heads, but the two matmuls grow
+with the number of heads, so on a CPU (compute-bound) the sweep costs about
+H times one head; it approaches one head's cost only where reading the
+features dominates (GPU, features streamed from disk).
 """
 
 from __future__ import annotations
