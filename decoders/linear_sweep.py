@@ -49,7 +49,7 @@ DINOV2_LRS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 
 DEFAULT_WDS = (0.0, 1e-4, 1e-3)
 
 
-class Features:
+class FeatureRows:
     """Row access to (N, D) features held as a tensor, an array or a memmap."""
 
     def __init__(self, x: Any, name: str):
@@ -180,14 +180,14 @@ class LinearProbeSweep:
         scale = self.batch_size / 256.0 if scale_lr else 1.0
         self.grid = [(lr * scale, lr, wd) for lr in self.base_lrs for wd in self.wds]  # lr-major
 
-    def _batch(self, feats: Features, y: np.ndarray, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def _batch(self, feats: FeatureRows, y: np.ndarray, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         idx = np.sort(idx)
         x = feats.rows(idx).to(self.device, non_blocking=True)
         if self.normalize:
             x = torch.nn.functional.normalize(x, dim=1)
         return x, torch.from_numpy(y[idx]).to(self.device)
 
-    def train_heads(self, feats: Features, y: np.ndarray, idx: np.ndarray, grid: list, seed: int) -> LinearHeads:
+    def train_heads(self, feats: FeatureRows, y: np.ndarray, idx: np.ndarray, grid: list, seed: int) -> LinearHeads:
         """Train one head per (lr, base_lr, wd) of ``grid`` on rows ``idx``, in one pass per epoch."""
         gen = torch.Generator().manual_seed(seed)
         heads = LinearHeads(self.dim, self.num_classes, [g[0] for g in grid], [g[2] for g in grid], self.momentum, gen, self.device)
@@ -202,7 +202,7 @@ class LinearProbeSweep:
         return heads
 
     @torch.no_grad()
-    def evaluate(self, heads: LinearHeads, feats: Features, y: np.ndarray, idx: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def evaluate(self, heads: LinearHeads, feats: FeatureRows, y: np.ndarray, idx: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-1 and top-5 accuracy (percent) of every head on rows ``idx`` (default: all)."""
         idx = np.arange(len(feats)) if idx is None else idx
         top1, top5 = np.zeros(heads.h), np.zeros(heads.h)
@@ -223,7 +223,7 @@ class LinearProbeSweep:
         t0 = time.perf_counter()
         if not 0.0 < heldout_fraction < 1.0:
             raise DataError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
-        tr, va = Features(train_x, "train_x"), Features(val_x, "val_x")
+        tr, va = FeatureRows(train_x, "train_x"), FeatureRows(val_x, "val_x")
         for f in (tr, va):
             if f.dim != self.dim:
                 raise DataError(f"{f.name} has dim {f.dim} but the sweep was built for dim {self.dim}")

@@ -100,10 +100,10 @@ def test_deterministic_for_a_seed_and_memmap_input_matches(tmp_path):
 def test_each_epoch_reads_every_training_row_once_for_all_heads(monkeypatch):
     x, y = blobs(6, 300)
     reads = []
-    orig = ls.Features.rows
-    monkeypatch.setattr(ls.Features, "rows", lambda self, idx: reads.append(len(idx)) or orig(self, idx))
+    orig = ls.FeatureRows.rows
+    monkeypatch.setattr(ls.FeatureRows, "rows", lambda self, idx: reads.append(len(idx)) or orig(self, idx))
     sweep = LinearProbeSweep(16, 6, epochs=3, batch_size=50, refit=False)
-    feats = ls.Features(x, "x")
+    feats = ls.FeatureRows(x, "x")
     reads.clear()
     sweep.train_heads(feats, y, np.arange(300), sweep.grid, seed=0)
     assert sum(reads) == 3 * 300 and len(reads) == 3 * 6  # 39 heads, yet one read per batch
