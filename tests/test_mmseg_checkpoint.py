@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import os
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -40,7 +41,7 @@ def _toy_runner_checkpoint(work_dir) -> tuple[str, object]:
             return {"loss": ((out - labels) ** 2).mean()} if mode == "loss" else out
 
     class Points(Dataset):
-        metainfo = dict(classes=("a", "b"), palette=[[0, 0, 0], [255, 255, 255]])
+        metainfo: ClassVar[dict] = dict(classes=("a", "b"), palette=[[0, 0, 0], [255, 255, 255]])
 
         def __len__(self):
             return 8

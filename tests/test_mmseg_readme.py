@@ -24,7 +24,7 @@ def mmseg():
 
 def readme_config_snippet() -> str:
     section = README.read_text().split("## mmsegmentation (optional)", 1)[1]
-    blocks = [b for b in re.findall(r"```python\n(.*?)```", section, re.S) if "TipsEvalBackbone" in b]
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", section, re.DOTALL) if "TipsEvalBackbone" in b]
     assert len(blocks) == 1, "the README's mmseg section should hold one config block"
     return blocks[0]
 

@@ -102,4 +102,5 @@ def test_runner_trains_validates_and_checkpoints(tmp_path):
     fresh.load_state_dict(ckpt["state_dict"], strict=True)  # nothing missing: the encoder comes from the zoo
     fresh.eval()
     batch = next(iter(runner.val_dataloader))
-    torch.testing.assert_close(fresh.val_step(batch)[0].seg_logits.data, runner.model.val_step(batch)[0].seg_logits.data)
+    torch.testing.assert_close(fresh.val_step(batch)[0].seg_logits.data,
+                               runner.model.val_step(batch)[0].seg_logits.data)

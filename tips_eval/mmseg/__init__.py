@@ -21,9 +21,15 @@ from typing import Any
 from tips_eval.errors import TipsEvalError
 
 from .checkpoint import load_mmengine_checkpoint, mmengine_safe_globals
-from .mmcv_ops_shim import MissingCompiledOpError, compiled_ops_available, install_mmcv_ops_shim, shim_installed
+from .mmcv_ops_shim import (
+    MissingCompiledOpError,
+    compiled_ops_available,
+    install_mmcv_ops_shim,
+    shim_installed,
+)
 
-INSTALL_HINT = 'pip install "tips-eval[mmseg]" (mmsegmentation 1.2.2, mmengine 0.10.x, mmcv-lite <2.2: no compiler needed)'
+INSTALL_HINT = ('pip install "tips-eval[mmseg]" '
+                '(mmsegmentation 1.2.2, mmengine 0.10.x, mmcv-lite <2.2: no compiler needed)')
 
 #: SegDataPreProcessor settings for TIPS: pixels in [0, 1] (mean 0, std 1 on
 #: [0, 255] -> [0, 1]); mmseg loads images with OpenCV, hence bgr_to_rgb.
@@ -76,7 +82,15 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "import_mmseg", "load_mmengine_checkpoint", "mmengine_safe_globals", "install_mmcv_ops_shim",
-    "compiled_ops_available", "shim_installed", "MissingCompiledOpError", "MMSegNotInstalledError",
-    "TIPS_DATA_PREPROCESSOR", "TipsEvalBackbone", "INSTALL_HINT",
+    "INSTALL_HINT",
+    "TIPS_DATA_PREPROCESSOR",
+    "MMSegNotInstalledError",
+    "MissingCompiledOpError",
+    "TipsEvalBackbone",
+    "compiled_ops_available",
+    "import_mmseg",
+    "install_mmcv_ops_shim",
+    "load_mmengine_checkpoint",
+    "mmengine_safe_globals",
+    "shim_installed",
 ]

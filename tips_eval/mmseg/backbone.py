@@ -34,7 +34,7 @@ model's own ``init_weights`` and wipe pretrained weights. ``.to()``/``.cuda()``/
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
 
 import torch
 from mmengine.model import BaseModule
@@ -76,7 +76,8 @@ class TipsEvalBackbone(BaseModule):
         try:
             self.out_indices = tuple(encoder.normalize_layers(list(out_indices)))
         except ValueError as e:
-            raise TipsEvalError(f"TipsEvalBackbone: {e}", hint=f"{encoder.name} has blocks 0..{encoder.num_layers - 1}") from None
+            raise TipsEvalError(f"TipsEvalBackbone: {e}",
+                                hint=f"{encoder.name} has blocks 0..{encoder.num_layers - 1}") from None
         if not self.out_indices:
             raise TipsEvalError("TipsEvalBackbone: out_indices is empty; name at least one block")
         self.output = output
@@ -106,7 +107,7 @@ class TipsEvalBackbone(BaseModule):
             outs.append([fmap, cls.clone()] if self.output == "dpt" else fmap)
         return tuple(outs)
 
-    def train(self, mode: bool = True) -> "TipsEvalBackbone":
+    def train(self, mode: bool = True) -> TipsEvalBackbone:
         super().train(mode)
         self._encoder.eval()  # frozen: dropout/drop-path stay off while the head trains
         return self

@@ -23,7 +23,8 @@ import contextlib
 import os
 import pickle
 import re
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from tips_eval.errors import CheckpointError, CheckpointNotFoundError
 
