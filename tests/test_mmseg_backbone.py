@@ -56,7 +56,8 @@ def _segmentor(output="nchw", num_classes=3):
             if output == "nchw" else
             dict(type="DPTHead", in_channels=(64,) * 4, channels=16, embed_dims=64,
                  post_process_channels=[8, 16, 32, 64], readout_type="project", patch_size=14,
-                 num_classes=num_classes, input_transform="multiple_select", in_index=(0, 1, 2, 3), norm_cfg=dict(type="BN"), align_corners=False,
+                 num_classes=num_classes, input_transform="multiple_select", in_index=(0, 1, 2, 3),
+                 norm_cfg=dict(type="BN"), align_corners=False,
                  loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0)))
     return MODELS.build(ConfigDict(  # as from a config file: mmseg reads test_cfg.mode as an attribute
         type="EncoderDecoder",
