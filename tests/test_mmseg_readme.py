@@ -92,3 +92,23 @@ def test_readme_snippet_builds_and_runs(config, cached_random_encoders, key, out
     assert model.decode_head.conv_seg.weight.grad is not None
     assert all(p.grad is None and not p.requires_grad for p in model.backbone.encoder.parameters())
     assert not model.backbone.encoder.training
+
+
+def test_config_file_registers_the_backbone_in_a_fresh_process(tmp_path):
+    """As mmseg's tools/train.py does: import mmseg.registry, then Config.fromfile (custom_imports) -- no import_mmseg."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "cfg.py"
+    path.write_text(readme_config_snippet())
+    code = (
+        "from mmengine.config import Config\n"
+        "from mmseg.registry import MODELS\n"
+        f"cfg = Config.fromfile({str(path)!r})\n"
+        "from tips_eval.mmseg import shim_installed, compiled_ops_available\n"
+        "import mmseg.models, mmcv.ops\n"
+        "print(MODELS.get('TipsEvalBackbone').__name__, shim_installed() != compiled_ops_available())\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-2:] == ["TipsEvalBackbone", "True"]
