@@ -121,3 +121,39 @@ def test_instance_bad_inputs():
     with pytest.raises(DataError, match="mMP"):
         mean_precision_at_k(qx, qy + 100, ix, iy)
     assert recall_at_1(qx, qy + 100, ix, iy) == 0.0
+
+
+def brute_self(qx, qy, ix, iy, qd, idom, self_pos, k=5):
+    """Loop reference for a query set that partly overlaps the index (UnED's merged index)."""
+    qx = qx / np.linalg.norm(qx, axis=1, keepdims=True)
+    ix = ix / np.linalg.norm(ix, axis=1, keepdims=True)
+    r1, mp, n_mp = 0, 0.0, 0
+    for q in range(len(qx)):
+        cand = [j for j in range(len(ix)) if j != self_pos[q]]
+        order = sorted(cand, key=lambda j: (-float(np.dot(qx[q], ix[j])), j))
+        correct = [iy[j] == qy[q] and idom[j] == qd[q] for j in order]
+        r1 += correct[0]
+        n_q = sum(correct)
+        if n_q:
+            m = min(k, n_q)
+            mp += sum(correct[:m]) / m
+            n_mp += 1
+    return 100.0 * r1 / len(qx), 100.0 * mp / n_mp
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_self_index_for_queries_partly_inside_the_index(seed):
+    qx, qy, qd, ix, iy, idom = make(seed, n_index=90, n_query=30)
+    rng = np.random.default_rng(seed)
+    inside = rng.choice(len(ix), 12, replace=False)  # 12 queries are index items themselves
+    qx[:12], qy[:12], qd[:12] = ix[inside], iy[inside], idom[inside]
+    self_pos = np.full(len(qx), -1)
+    self_pos[:12] = inside
+    ref = brute_self(qx, qy, ix, iy, qd, idom, self_pos)
+    got = instance_retrieval_metrics(qx, qy, ix, iy, k=5, query_domain=qd, index_domain=idom, self_index=self_pos)
+    assert got["R@1"] == pytest.approx(ref[0]) and got["mMP@5"] == pytest.approx(ref[1])
+    # without the exclusion a query finds itself first: R@1 would be inflated
+    naive = instance_retrieval_metrics(qx, qy, ix, iy, k=5, query_domain=qd, index_domain=idom)
+    assert naive["R@1"] > got["R@1"]
+    with pytest.raises(DataError, match="self_index"):
+        instance_retrieval_metrics(qx, qy, ix, iy, self_index=self_pos[:5])

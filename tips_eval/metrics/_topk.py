@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ._common import RowGroups, group_identical_rows, l2_normalize, resolve_device
@@ -122,37 +123,48 @@ def iter_topk(
     chunk_size: int | None = None,
     exclude_self: bool = False,
     normalize: bool = True,
+    self_index: "np.ndarray | None" = None,
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """Yield ``(start, sims (B, k), idx (B, k))`` for consecutive query chunks.
 
     ``queries`` is a (Q, D) CPU float tensor; each chunk is moved to the
     index's device and (optionally) L2-normalised. ``exclude_self`` means the
     query set *is* the index set: query ``i`` never retrieves index row ``i``
-    (its identical copies still can). ``k`` must not exceed the number of
-    retrievable rows.
+    (its identical copies still can). ``self_index`` generalises it: query ``i``
+    never retrieves index row ``self_index[i]`` (``-1``: nothing excluded), for
+    query sets that only partly overlap the index. ``k`` must not exceed the
+    number of retrievable rows.
     """
     dev = index.vectors.device
     g = index.groups
-    n_avail = index.size - (1 if exclude_self else 0)
+    q_total = queries.shape[0]
+    if exclude_self:
+        self_index = np.arange(q_total)
+    excl = None
+    if self_index is not None:
+        excl = torch.as_tensor(np.asarray(self_index, dtype=np.int64), device=dev)
+        if excl.numel() != q_total or (q_total and int(excl.max()) >= index.size):
+            raise ValueError("self_index needs one index position (or -1) per query, inside the index")
+    n_avail = index.size - (1 if excl is not None and bool((excl >= 0).any()) else 0)
     if not 1 <= k <= n_avail:
         raise ValueError(f"k={k} outside [1, {n_avail}]")
     chunk = chunk_size or default_chunk_size(index.num_distinct)
-    q_total = queries.shape[0]
     for s in range(0, q_total, chunk):
         q = queries[s : s + chunk].to(dev, non_blocking=True)
         if normalize:
             q = l2_normalize(q)
         sims = q @ index.vectors.T
         rows = torch.arange(q.shape[0], device=dev)
-        self_idx = rows + s if exclude_self else None
+        self_idx = excl[s : s + q.shape[0]] if excl is not None else None
+        has = self_idx >= 0 if self_idx is not None else None
         if g is None:
-            if exclude_self:
-                sims[rows, self_idx] = float("-inf")
+            if self_idx is not None:
+                sims[rows[has], self_idx[has]] = float("-inf")
             yield (s, *_topk_rows(sims, k))
             continue
-        if exclude_self:  # a query alone in its group cannot be retrieved at all
-            gid_self = g.uid[self_idx]
-            alone = g.counts[gid_self] == 1
+        if self_idx is not None:  # a query alone in its group cannot be retrieved at all
+            gid_self = g.uid[self_idx.clamp(min=0)]
+            alone = (g.counts[gid_self] == 1) & has
             sims[rows[alone], gid_self[alone]] = float("-inf")
         # the query's own group stays selectable (its other members count);
         # a lone self group scores -inf and its only member is dropped below

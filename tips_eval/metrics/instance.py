@@ -96,6 +96,7 @@ def _compute(
     normalize: bool = True,
     chunk_size: int | None = None,
     device: Any = None,
+    self_index: Any = None,
 ) -> dict[str, float]:
     """(R@1, mMP@k or None when no query has a correct item)."""
     k = int(k)
@@ -109,6 +110,13 @@ def _compute(
         raise DataError("exclude_self=True needs query_x to be the index itself (same rows in the same order)")
     if exclude_self and ni < 2:
         raise DataError("exclude_self=True needs at least 2 index items")
+    if exclude_self and self_index is not None:
+        raise DataError("give exclude_self=True or self_index, not both")
+    if self_index is not None:
+        self_index = np.asarray(to_numpy(self_index, "self_index"), dtype=np.int64).reshape(-1)
+        if len(self_index) != nq or (nq and (self_index.max() >= ni or self_index.min() < -1)):
+            raise DataError(f"self_index must hold one index position in [0, {ni}) or -1 per query")
+    self_pos = np.arange(nq) if exclude_self else self_index
     if (query_domain is None) != (index_domain is None):
         raise DataError("give both query_domain and index_domain, or neither")
     qv, q_owner = _flat_labels(query_y, "query_y", nq, allow_multi=True)
@@ -123,8 +131,8 @@ def _compute(
     # n_q: distinct (domain, label) pairs of each query, summed over the index
     qp = np.unique(np.stack([q_owner, q_pair], 1), axis=0)
     n_pos = np.bincount(qp[:, 0], weights=counts[qp[:, 1]], minlength=nq).astype(np.int64)
-    if exclude_self:
-        n_pos -= 1
+    if self_pos is not None:  # the query's own index entry is not a positive it can find
+        n_pos -= (self_pos >= 0).astype(np.int64)
     # padded (Q, L) table of each query's pair codes, -1 = none
     n_per = np.bincount(qp[:, 0], minlength=nq)
     table = np.full((nq, int(n_per.max())), -1, dtype=np.int64)
@@ -133,13 +141,13 @@ def _compute(
 
     dev = resolve_device(device)
     index = prepare_index(x, dev, normalize=normalize)
-    kk = min(k, ni - (1 if exclude_self else 0))
+    kk = min(k, ni - (1 if self_pos is not None and (self_pos >= 0).any() else 0))
     i_pair_t = torch.from_numpy(i_pair.astype(np.int64)).to(dev)
     table_t = torch.from_numpy(table).to(dev)
     n_pos_t = torch.from_numpy(n_pos).to(dev)
     r1 = 0
     prec_sum = 0.0
-    for s, _, idx in iter_topk(q, index, kk, chunk_size, exclude_self=exclude_self, normalize=normalize):
+    for s, _, idx in iter_topk(q, index, kk, chunk_size, normalize=normalize, self_index=self_pos):
         b = idx.shape[0]
         hit = (i_pair_t[idx][:, :, None] == table_t[s : s + b][:, None, :]).any(2)  # (B, kk)
         r1 += int(hit[:, 0].sum())
@@ -164,9 +172,16 @@ def instance_retrieval_metrics(
     normalize: bool = True,
     chunk_size: int | None = None,
     device: Any = None,
+    self_index: Any = None,
 ) -> dict[str, float]:
-    """R@1 and mMP@k in one pass: ``{"R@1": .., f"mMP@{k}": ..}`` (percent)."""
-    r1, mmp = _compute(query_x, query_y, index_x, index_y, k, query_domain, index_domain, exclude_self, normalize, chunk_size, device)
+    """R@1 and mMP@k in one pass: ``{"R@1": .., f"mMP@{k}": ..}`` (percent).
+
+    ``self_index[i]`` is the index position of query ``i`` itself (-1: not in the
+    index) when the query set partly overlaps the index (UnED's merged index):
+    that entry is never retrieved and not counted as a positive.
+    """
+    r1, mmp = _compute(query_x, query_y, index_x, index_y, k, query_domain, index_domain, exclude_self, normalize,
+                       chunk_size, device, self_index)
     if mmp is None:
         raise DataError("no query has a correct item (same label and domain) in the index; mMP is undefined")
     return {"R@1": r1, f"mMP@{int(k)}": mmp}
