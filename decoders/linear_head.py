@@ -143,7 +143,17 @@ class DepthBinsHead(nn.Module):
         return concat_layer_features(layers, self.use_cls, self.n_layers, self.in_dim, size=size)
 
     def forward(self, layers: Layer | Sequence[Layer], image_size: tuple[int, int] | None = None) -> torch.Tensor:
-        logits = self.conv(self.bn(self.features(layers)))
+        if self.training and not isinstance(self.bn, nn.Identity):
+            logits = self.conv(self.bn(self.features(layers)))  # batch statistics of the upsampled map
+        else:
+            # bilinear upsampling and a per-pixel affine map (1x1 conv, eval BN) commute exactly:
+            # convolve at the token grid, then upsample the n_bins logits instead of all channels
+            x = concat_layer_features(_as_layers(layers), self.use_cls, self.n_layers, self.in_dim)
+            logits = self.conv(self.bn(x))
+            if self.upsample > 1:
+                h, w = logits.shape[-2:]
+                logits = F.interpolate(logits, size=(h * self.upsample, w * self.upsample), mode="bilinear",
+                                       align_corners=False)
         with torch.autocast(device_type=logits.device.type, enabled=False):  # depth in float32 under autocast
             scores = F.relu(logits.float()) + DEPTH_SCORE_EPS
             probs = scores / scores.sum(dim=1, keepdim=True)

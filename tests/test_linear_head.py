@@ -129,3 +129,24 @@ def test_depth_head_float32_under_autocast():
     head = DepthBinsHead(8, n_bins=16)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert head(layer(), image_size=(7, 9)).dtype == torch.float32
+
+
+def test_depth_head_fast_path_equals_upsampling_the_features_first():
+    """Conv at the token grid then upsample == upsample the features then conv (DINOv2's order)."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    for batchnorm in (False, True):
+        head = DepthBinsHead(24, n_bins=16, min_depth=0.5, max_depth=4.0, use_cls=True, upsample=4,
+                             batchnorm=batchnorm)
+        with torch.no_grad():
+            head.conv.weight.normal_(0, 0.3)
+            head.conv.bias.normal_(0, 0.3)
+        head.eval()
+        layers = [(torch.randn(2, 24), torch.randn(2, 3, 5, 24))]
+        fast = head(layers, image_size=(30, 44))
+        logits = head.conv(head.bn(head.features(layers)))  # the reference order
+        probs = (F.relu(logits) + 0.1) / (F.relu(logits) + 0.1).sum(1, keepdim=True)
+        ref = torch.einsum("bkhw,k->bhw", probs, head.bin_centers)[:, None]
+        ref = F.interpolate(ref, size=(30, 44), mode="bilinear", align_corners=False).clamp(0.5, 4.0)
+        assert torch.allclose(fast, ref, atol=1e-5)

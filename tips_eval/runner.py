@@ -53,8 +53,8 @@ class ModelRef:
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         if is_checkpoint_path(model):
             return cls(model, {**tips_companions(model), **kwargs})
-        name = f"{model}:random" if kwargs.get("pretrained") is False else model
-        return cls(name, kwargs, source=model)
+        random = kwargs.get("pretrained") is False and _has_weights(model)
+        return cls(f"{model}:random" if random else model, kwargs, source=model)
 
     def has_text(self) -> bool:
         if self.encoder is not None:
@@ -72,6 +72,12 @@ class ModelRef:
             log.info("loading model %s", self.name)
             self.encoder = load_encoder(self.source, **self.kwargs).eval()
         return self.encoder
+
+
+def _has_weights(zoo_name: str) -> bool:
+    from .model_zoo import get_card
+
+    return get_card(zoo_name).family != "pixels"
 
 
 def is_checkpoint_path(name: str) -> bool:
@@ -143,6 +149,15 @@ def run_suite(models: Iterable, suite: str | Sequence[SuiteEntry] = "paper", dat
         raise TipsEvalError(f"no suite entries left after filtering (tasks={tasks}, entries={entries})",
                             hint="`tips-eval run --help` lists the filters; the suite's ids are in the docs")
     refs = [ModelRef.parse(m) for m in models]
+    for ref in refs:  # fail fast on a typo, before any work
+        if ref.encoder is None and not is_checkpoint_path(ref.source):
+            from .model_zoo import get_card
+
+            get_card(ref.source)
+        elif ref.encoder is None and not os.path.isfile(ref.source):
+            from .errors import CheckpointNotFoundError
+
+            raise CheckpointNotFoundError(f"checkpoint not found: {ref.source}")
     emit = on_event or (lambda kind, info: None)
     records = []
     from tqdm.auto import tqdm

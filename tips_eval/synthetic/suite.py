@@ -15,6 +15,10 @@ from tips_eval.suites import Column, SuiteEntry
 DEMO_RESOLUTION = 112
 #: deepest point of any demo scene is ~13.3 m (the floor is a 14 m square)
 DEMO_MAX_DEPTH = 15.0
+#: short probe schedules (the paper suite keeps the reference ones); recorded in every record
+DENSE = {"steps": 300, "batch_size": 16, "warmup_steps": 30}
+#: a narrow DPT (the reference widths, 256 / (128, 256, 512, 1024), cost ~2 s a step on 2 CPU cores)
+SMALL_DPT = {"dpt_channels": 32, "dpt_post_process_channels": (16, 32, 64, 128)}
 
 _TRAIN_TEST = {"train": "train", "test": "test"}
 
@@ -27,10 +31,11 @@ def _entry(id_, task, label, metric, splits=None, params=None, higher=True):
 
 
 DEMO: tuple[SuiteEntry, ...] = (
-    _entry("demo_seg", "semantic_segmentation", "Seg mIoU", "mIoU", params={"head": "linear"}),
+    _entry("demo_seg", "semantic_segmentation", "Seg mIoU", "mIoU", params={"head": "linear", **DENSE}),
     _entry("demo_depth", "depth", "Depth RMSE", "rmse", higher=False,
-           params={"head": "dpt", "max_depth": DEMO_MAX_DEPTH}),
-    _entry("demo_normals", "normals", "Normals RMSE", "angular_rmse", higher=False, params={"head": "dpt"}),
+           params={"head": "linear_bins", "max_depth": DEMO_MAX_DEPTH, **DENSE}),
+    _entry("demo_normals", "normals", "Normals RMSE", "angular_rmse", higher=False,
+           params={"head": "dpt", "normals_loss": "angular", **DENSE, **SMALL_DPT}),
     _entry("demo_instance", "instance_retrieval", "Instance R@1", "R@1",
            splits={"query": {"split": "test", "view": 1}, "index": {"split": "test", "view": 2}},
            params={"label": "instance"}),
