@@ -43,6 +43,7 @@ import torch
 
 from tips_eval.errors import DataError
 from tips_eval.metrics._common import check_finite, resolve_device, to_numpy
+from tips_eval.faults import fault_point
 
 #: dinov2/eval/linear.py learning rates (before the batch_size / 256 scaling)
 DINOV2_LRS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1)
@@ -197,6 +198,7 @@ class LinearProbeSweep:
             order = idx[torch.randperm(len(idx), generator=gen).numpy()]
             for s in range(0, len(order), self.batch_size):
                 x, yb = self._batch(feats, y, order[s : s + self.batch_size])
+                fault_point("sweep_step")  # reliability harness: a kill during probe training
                 heads.step(x, yb, 0.5 * (1.0 + math.cos(math.pi * it / total)))
                 it += 1
         return heads

@@ -27,6 +27,7 @@ from tips_eval.features.pipeline import Failure
 
 from ._dense_data import augment, flip_target, read_target, resize_target, target_tensor
 from ._dense_heads import DenseHead, DenseLoss, lr_factor
+from tips_eval.faults import fault_point
 
 
 @dataclass
@@ -191,6 +192,7 @@ class DenseProbe(_lightning().LightningModule):
             raise batch.exception()
         if batch is None:  # every image of the batch was unreadable (skip_bad_images)
             return None
+        fault_point("train_step")  # reliability harness: a kill during probe training
         out = self.head(self._features(batch), self.size)
         loss = self.loss_fn(out, batch["value"], batch["valid"])
         self.losses.append(loss.detach())
@@ -217,9 +219,8 @@ def _quiet(progress: bool):
         warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
         warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
-        if not progress:
-            for lg in loggers:
-                lg.setLevel(logging.WARNING)
+        for lg in loggers:  # banners ("GPU available", tips) are noise whether or not bars are shown
+            lg.setLevel(logging.WARNING)
         try:
             yield
         finally:

@@ -46,8 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose + 1, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # our own INFO lines (cache keys and paths) by default; third-party INFO chatter from -vv
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("tips_eval").setLevel(logging.DEBUG if args.verbose >= 1 else logging.INFO)
+    if args.verbose >= 2:
+        logging.getLogger().setLevel(logging.DEBUG)
+    for noisy in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(noisy).setLevel(logging.INFO if args.verbose >= 2 else logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

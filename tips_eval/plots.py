@@ -123,7 +123,7 @@ def _normalised_scores(records: list[dict]) -> tuple[list[str], list[str], np.nd
         if not ok.any():
             continue
         lo, hi = col[ok].min(), col[ok].max()
-        s = (col - lo) / (hi - lo) if hi > lo else np.ones_like(col)
+        s = (col - lo) / (hi - lo) if hi > lo else np.full_like(col, 0.5)  # one value (or a tie): no ranking
         score[:, j] = s if cols[lab]["higher_is_better"] else 1 - s
     return models, labels, raw, score
 

@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from .faults import fault_point
 
 log = logging.getLogger("tips_eval.records")
 SCHEMA = 1
@@ -48,6 +49,7 @@ def atomic_write_json(path: Path, obj: dict) -> None:
             json.dump(obj, f, indent=1, sort_keys=False, default=_json_default)
             f.flush()
             os.fsync(f.fileno())
+        fault_point("record_write")  # reliability harness: a kill between the temp file and the rename
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -142,8 +142,11 @@ def to_markdown(table: ResultTable) -> str:
         lines.append("| " + " | ".join([label] + [_cell_text(r["cells"].get(c["label"]), bold, sup, c["metric"])
                                                  for c in table.columns]) + " |")
     lines.append("")
-    lines.append("Measured values: best in bold; in brackets the paper's value for the same checkpoint and "
-                 "the difference (measured − paper). Rows in italics are the papers' own numbers.")
+    has_ref = any("paper" in c for r in table.rows for c in r["cells"].values() if isinstance(c, dict))
+    has_paper_rows = any(r["kind"] == "paper" for r in table.rows)
+    lines.append("Measured values: best in bold." + (" In brackets: the paper's value for the same checkpoint and "
+                 "the difference (measured − paper)." if has_ref else "") +
+                 (" Rows in italics are the papers' own numbers." if has_paper_rows else ""))
     if any(c.get("quick") for r in table.rows for c in r["cells"].values() if isinstance(c, dict)):
         lines.append("Some values come from quick (shortened) protocols; see each record's `quick` field.")
     for m, s in table.sources.items():

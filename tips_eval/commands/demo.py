@@ -56,6 +56,9 @@ def run(args) -> int:
     if not models:
         raise TipsEvalError(f"--models {args.models!r} names none of {', '.join(m[0] for m in DEMO_MODELS)}")
     print(f"[1/4] synthetic scenes: {args.n_scenes} at {args.image_size}px (generated once, then reused)")
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()  # Arrow writing bars per split are noise here; the step line says what happens
     data = generate_dataset(out / "data", args.n_scenes, image_size=args.image_size, seed=args.data_seed)
     ctx = context_from_args(args)
     if ctx.cache_dir is None:

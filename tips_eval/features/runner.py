@@ -25,6 +25,7 @@ from tips_eval.errors import CacheError, DataError, TipsEvalError
 from . import store
 from .pipeline import TransformedImages, load_one, make_loader, shard_batches
 from .spec import FORMAT_VERSION, FeatureSpec, autocast_dtype
+from tips_eval.faults import fault_point
 
 log = logging.getLogger("tips_eval.features")
 
@@ -285,6 +286,7 @@ class Runner:
                 if host is not None:
                     block[good] = host[name].numpy()
                 mm[start:stop] = block
+        fault_point("extract_batch")  # reliability harness: a kill with a shard half written
         s = start // self.layout.shard_size
         self.bad[s] += bad_rows
         self.left[s] -= stop - start
