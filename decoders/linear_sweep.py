@@ -98,13 +98,14 @@ def _labels(y: Any, name: str, n: int, num_classes: int) -> np.ndarray:
 
 
 def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train_idx, heldout_idx): round(fraction * n_c) items of each class held out, at least one kept."""
+    """(train_idx, heldout_idx): round(fraction * n_c) items of each class held out -- at least one
+    when the class has two or more (so tiny datasets still select), and at least one always kept."""
     rng = np.random.default_rng(seed)
     held = []
     for c in np.unique(y):
         idx = np.nonzero(y == c)[0]
         rng.shuffle(idx)
-        held.append(idx[: min(round(fraction * len(idx)), len(idx) - 1)])
+        held.append(idx[: min(max(1, round(fraction * len(idx))), len(idx) - 1)])
     held_idx = np.sort(np.concatenate(held))
     return np.setdiff1d(np.arange(len(y)), held_idx), held_idx
 
