@@ -27,8 +27,9 @@ sys.path.insert(0, str(HERE))
 ENTRIES = ("imagenet_knn", "imagenet_linear", "voc_seg", "coco_retrieval")
 MODELS = ("raw-pixels", "tips-v1-s14-hr:random")
 #: (point, n): the n-th passage of each fault point, spread over the phases of a run
-PLANNED_KILLS = (("extract_batch", 1), ("extract_batch", 4), ("sweep_step", 5), ("train_step", 3),
-                 ("record_write", 1), ("record_write", 3), ("train_step", 20), ("extract_batch", 9))
+PLANNED_KILLS = (("extract_batch", 1), ("extract_batch", 3), ("record_write", 1), ("sweep_step", 2),
+                 ("train_step", 2), ("extract_batch", 2), ("train_step", 7), ("record_write", 2),
+                 ("sweep_step", 3), ("train_step", 15))
 
 
 def build_world(root: Path) -> tuple[Path, Path]:
@@ -37,8 +38,8 @@ def build_world(root: Path) -> tuple[Path, Path]:
 
     data = root / "data"
     if not data.exists():
-        make_imagenet(data / "imagenet", n_classes=3, per_class=5)
-        make_voc(data / "VOCdevkit", n=4)
+        make_imagenet(data / "imagenet", n_classes=3, per_class=8)
+        make_voc(data, n=6)
         make_coco_karpathy(data / "coco", n_test=4)
     suite = root / "suite.yaml"
     suite.write_text("extends: paper\nonly: [" + ", ".join(ENTRIES) + "]\n")
@@ -48,7 +49,7 @@ def build_world(root: Path) -> tuple[Path, Path]:
 def _cmd(data: Path, suite: Path, results: Path, cache: Path) -> list[str]:
     return [sys.executable, "-m", "tips_eval.cli", "run", "--model", "raw-pixels", "--model", "tips-v1-s14-hr",
             "--random-weights", "--suite", str(suite), "--data-root", str(data), "--results", str(results),
-            "--cache-dir", str(cache), "--quick", "--no-progress", "--param", "resolution=56", "--batch-size", "8"]
+            "--cache-dir", str(cache), "--quick", "--no-progress", "--param", "resolution=56", "--batch-size", "4"]
 
 
 def _env(root: Path, fault: str | None) -> dict:
@@ -107,11 +108,13 @@ def run_harness(root: Path, random_kills: int = 2, seed: int = 0, planned=PLANNE
     rng = random.Random(seed)
     results, cache = run_dir / "results", run_dir / "cache"
     kills = survived_checks = 0
-    plan = [("fault", f"{p}:{n}") for p, n in planned] + [("timer", rng.uniform(4.0, 25.0)) for _ in range(random_kills)]
+    plan = [("fault", f"{p}:{n}") for p, n in planned] + [("timer", rng.uniform(2.0, 15.0)) for _ in range(random_kills)]
+    outcomes = []
     for kind, arg in plan:
         code = run_once(_cmd(data, suite, results, cache), _env(root, arg if kind == "fault" else None),
                         kill_after=arg if kind == "timer" else None)
         kills += code == -signal.SIGKILL
+        outcomes.append(f"{arg if kind == 'fault' else f'after {arg:.1f}s'}: {'killed' if code else 'finished first'}")
         records(results)  # every record on disk parses and appears once
         verify_cache(cache)  # no shard that fails its checksum is marked valid
         survived_checks += 1
@@ -121,7 +124,8 @@ def run_harness(root: Path, random_kills: int = 2, seed: int = 0, planned=PLANNE
     expected = {(m, e) for m in MODELS for e in ENTRIES}
     lost = sorted(expected - set(final))
     mismatched = [k for k in expected & set(final) if final[k]["metrics"] != reference[k]["metrics"]]
-    return {"kills_delivered": kills, "kill_attempts": len(plan), "checks_passed_after_kills": survived_checks,
+    return {"kills_delivered": kills, "kill_attempts": len(plan), "attempts": outcomes,
+            "checks_passed_after_kills": survived_checks,
             "records_expected": len(expected), "records_present": len(final), "records_lost": len(lost),
             "lost": lost, "metrics_different_from_uninterrupted": mismatched, "cache_entries": cache_state}
 

@@ -28,7 +28,7 @@ def world(tmp_path_factory):
     make_imagenet(data / "imagenet", n_classes=3, per_class=4)
     make_coco_karpathy(data / "coco", n_test=4)
     make_uned(data / "uned")
-    make_voc(data / "VOCdevkit", n=4)
+    make_voc(data, n=4)
     suite = root / "suite.yaml"
     suite.write_text("extends: paper\nonly: [" + ", ".join(ENTRIES) + "]\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TIPS_EVAL_HOME": str(root / "home"),
