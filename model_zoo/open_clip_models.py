@@ -22,7 +22,7 @@ from tips_eval.errors import CheckpointNotFoundError, TokenizerError
 from tips_eval.preprocess import Preprocess
 
 from .registry import ModelCard, register_model
-from .vit_common import interpolate_grid, split_tokens, timm_vit_features
+from .vit_common import features_from_tokens, interpolate_grid, timm_vit_features
 
 
 def openclip_preprocess(model, name: str, tag: str, image_size: int | None) -> Preprocess:
@@ -107,15 +107,8 @@ class OpenClipEncoder(Encoder):
         pixels = pixels.to(self.device, next(self.model.parameters()).dtype)
         run = self._timm_trunk if self.trunk is not None else self._native_vit
         pooled, final, taken, value = run(pixels, layers, "value" in kinds)
-        patches = split_tokens(final, self.num_prefix, grid)[1]
-        out_layers = None
-        if layers:
-            out_layers = []
-            for t in taken:
-                pre, pat = split_tokens(t, self.num_prefix, grid)
-                out_layers.append((pre[:, 0] if pre.shape[1] else pat.mean(dim=(1, 2)), pat))
-        value_tokens = split_tokens(value, self.num_prefix, grid)[1] if value is not None else None
-        return Features(pooled[:, None], patches, self.global_token_names, out_layers, value_tokens)
+        return features_from_tokens(final, taken, value, self.num_prefix, grid, pooled[:, None],
+                                    self.global_token_names)
 
     # ---------------------------------------------------------------- text
     @property

@@ -15,7 +15,7 @@ from tips_eval.errors import CheckpointNotFoundError
 from tips_eval.preprocess import Preprocess
 
 from .registry import ModelCard, register_model
-from .vit_common import split_tokens, timm_vit_features
+from .vit_common import features_from_tokens, timm_vit_features
 
 
 def preprocess_from_timm_cfg(cfg: dict, image_size: int | None = None) -> Preprocess:
@@ -61,13 +61,8 @@ class TimmViTEncoder(Encoder):
         grid = (pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size)
         pixels = pixels.to(self.device, next(self.model.parameters()).dtype)
         final, taken, value = timm_vit_features(self.model, pixels, layers, "value" in kinds)
-        prefix, patches = split_tokens(final, self.num_prefix, grid)
-        out_layers = None
-        if layers:
-            out_layers = [(split_tokens(t, self.num_prefix, grid)[0][:, 0], split_tokens(t, self.num_prefix, grid)[1])
-                          for t in taken]
-        value_tokens = split_tokens(value, self.num_prefix, grid)[1] if value is not None else None
-        return Features(prefix[:, :1], patches, self.global_token_names, out_layers, value_tokens)
+        return features_from_tokens(final, taken, value, self.num_prefix, grid, lambda prefix: prefix[:, :1],
+                                    self.global_token_names)
 
 
 _DINOV2 = {  # size: timm stem, width, depth

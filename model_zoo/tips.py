@@ -21,7 +21,7 @@ from tips_eval.weights import file_sha256, load_npz, resolve_weights
 from .registry import ModelCard, register_model
 from .tips_text import ByteTokenizer, TipsTextTower, TipsTokenizer
 from .tips_vision import build_vision_tower, check_keys, default_heads, infer_vision_arch
-from .vit_common import split_tokens, timm_vit_features
+from .vit_common import features_from_tokens, timm_vit_features
 
 TOKENIZER_URL = "https://storage.googleapis.com/tips_data/v1_0/checkpoints/tokenizer.model"
 _TEXT_EXTRA_KEYS = ("temperature", "temperature_contrastive")
@@ -64,15 +64,8 @@ class TipsEncoder(Encoder):
         grid = (pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size)
         pixels = pixels.to(self.device, next(self.vision.parameters()).dtype)
         final, taken, value = timm_vit_features(self.vision, pixels, layers, "value" in kinds)
-        prefix, patches = split_tokens(final, self.num_prefix, grid)
-        out_layers = None
-        if layers:
-            out_layers = []
-            for t in taken:
-                pre, pat = split_tokens(t, self.num_prefix, grid)
-                out_layers.append((pre[:, 0], pat))
-        value_tokens = split_tokens(value, self.num_prefix, grid)[1] if value is not None else None
-        return Features(prefix, patches, self.global_token_names, out_layers, value_tokens)
+        return features_from_tokens(final, taken, value, self.num_prefix, grid, lambda prefix: prefix,
+                                    self.global_token_names)
 
     def tokenize(self, texts: Sequence[str]):
         if self.tokenizer is None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tips_eval.encoder import Features
+
 
 def value_block_forward(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Evaluate a pre-norm ViT block with attention replaced by the value path.
@@ -69,3 +71,20 @@ def split_tokens(tokens: torch.Tensor, num_prefix: int, grid: tuple[int, int]):
     """(B, P + h*w, D) -> prefix (B, P, D), patches (B, h, w, D)."""
     b, _, d = tokens.shape
     return tokens[:, :num_prefix], tokens[:, num_prefix:].reshape(b, grid[0], grid[1], d)
+
+
+def features_from_tokens(final: torch.Tensor, taken: list[torch.Tensor], value: torch.Tensor | None,
+                         num_prefix: int, grid: tuple[int, int], global_tokens, names) -> Features:
+    """Assemble :class:`Features` from normed token sequences (prefix first).
+
+    ``global_tokens`` is a tensor (B, G, D) or a callable ``prefix -> (B, G, D)``; each
+    layer's cls is its first prefix token (the mean patch when the model has no prefix).
+    """
+    prefix, patches = split_tokens(final, num_prefix, grid)
+    layers = []
+    for t in taken:
+        pre, pat = split_tokens(t, num_prefix, grid)
+        layers.append((pre[:, 0] if pre.shape[1] else pat.mean(dim=(1, 2)), pat))
+    value_tokens = split_tokens(value, num_prefix, grid)[1] if value is not None else None
+    glob = global_tokens(prefix) if callable(global_tokens) else global_tokens
+    return Features(glob, patches, names, layers or None, value_tokens)

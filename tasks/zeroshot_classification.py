@@ -12,39 +12,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 
 from tips_eval.errors import DataError
 from tips_eval.metrics import zeroshot_accuracy
 from tips_eval.task_api import TaskConfig, TaskResult, register_task
-from tips_eval.text_features import encode_texts
 
-from ._common import global_spec, labels_of, require_nonempty, token_names, vectors
-
-
-def templates(name: str) -> list:
-    from open_clip import zero_shot_metadata as z
-
-    table = {"openai": z.OPENAI_IMAGENET_TEMPLATES, "simple": z.SIMPLE_IMAGENET_TEMPLATES,
-             "photo": (lambda c: f"a photo of a {c}.",)}
-    if name not in table:
-        raise DataError(f"unknown template set {name!r}; expected one of {sorted(table)}")
-    return list(table[name])
-
-
-def class_embeddings(encoder, class_names, template_set: str, ctx) -> np.ndarray:
-    """(C, D) normalised mean of normalised template embeddings per class."""
-    temps = templates(template_set)
-    prompts = [t(c) for c in class_names for t in temps]
-    emb = encode_texts(encoder, prompts, cache_dir=ctx.cache_dir, progress=ctx.progress, what="class prompts")
-    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    emb = emb.reshape(len(class_names), len(temps), -1).mean(axis=1)
-    return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+from ._common import (class_text_embeddings, global_spec, labels_of, prompt_templates, require_nonempty,
+                      token_names, vectors)
 
 
 @dataclass
 class ZeroShotConfig(TaskConfig):
-    templates: str = "openai"  # openai (80) | simple (7) | photo (1)
+    templates: str = "openai"  # openai (80) | simple (7) | tcl (9) | photo (1)
 
 
 @register_task("zeroshot_classification", ZeroShotConfig, roles=("test",), needs_text=True,
@@ -55,7 +34,7 @@ def run(encoder, data, cfg: ZeroShotConfig, ctx) -> TaskResult:
     names = getattr(test, "label_names", None) or getattr(test, "class_names", None)  # image-level classes
     if not names:
         raise DataError(f"{test.name} has no class names; zero-shot classification needs them")
-    classes = class_embeddings(encoder, names, cfg.templates, ctx)
+    classes = class_text_embeddings(encoder, names, cfg.templates, ctx)
     spec = global_spec(encoder, cfg)
     fs = ctx.features(encoder, test, spec)
     y = labels_of(test)
@@ -69,7 +48,7 @@ def run(encoder, data, cfg: ZeroShotConfig, ctx) -> TaskResult:
     return TaskResult(
         metrics, "top1",
         protocol={"token": headline, "tokens_reported": token_names(encoder, cfg.token),
-                  "templates": f"{cfg.templates} ({len(templates(cfg.templates))})",
+                  "templates": f"{cfg.templates} ({len(prompt_templates(cfg.templates))})",
                   "class_embedding": "mean of L2-normalised template embeddings, re-normalised",
                   "similarity": "cosine", "preprocess": spec.preprocess.to_dict()},
         info={"n_test": int(fs.good_mask.sum()), "num_classes": len(names)})

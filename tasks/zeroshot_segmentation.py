@@ -48,36 +48,10 @@ from tips_eval.errors import BadImageError, DataError
 from tips_eval.features import FeatureSpec
 from tips_eval.metrics import mean_iou, segmentation_confusion
 from tips_eval.task_api import TaskConfig, TaskResult, register_task
-from tips_eval.text_features import encode_texts
 
-from ._common import require_nonempty
+from ._common import TCL_TEMPLATES, class_text_embeddings, prompt_templates, require_nonempty  # noqa: F401
 
-#: TCL's templates (khanrc/tcl datasets/templates.py), as listed in the TIPS notebook
-TCL_TEMPLATES = ("itap of a {}.", "a bad photo of a {}.", "a origami {}.", "a photo of the large {}.",
-                 "a {} in a video game.", "art of the {}.", "a photo of the small {}.", "a photo of many {}.",
-                 "a photo of {}s.")
 Box = tuple[int, int, int, int]  # y1, x1, y2, x2 (pixels of the resized image, end exclusive)
-
-
-def prompt_templates(name: str) -> list:
-    """Callables ``class name -> prompt`` of a template set (``tcl`` or ``openai``)."""
-    if name == "tcl":
-        return [t.format for t in TCL_TEMPLATES]
-    if name == "openai":
-        from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
-
-        return list(OPENAI_IMAGENET_TEMPLATES)
-    raise DataError(f"unknown template set {name!r}; expected 'tcl' or 'openai'")
-
-
-def text_embeddings(encoder, names, template_set: str, ctx) -> np.ndarray:
-    """(C, D) per class: mean of L2-normalised template embeddings, re-normalised."""
-    temps = prompt_templates(template_set)
-    prompts = [t(c) for c in names for t in temps]
-    emb = encode_texts(encoder, prompts, cache_dir=ctx.cache_dir, progress=ctx.progress, what="class prompts")
-    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    emb = emb.reshape(len(names), len(temps), -1).mean(axis=1)
-    return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
 
 # ------------------------------------------------------------------------------ geometry
@@ -269,7 +243,7 @@ def run(encoder, data, cfg: ZeroShotSegConfig, ctx) -> TaskResult:
     bg = names.index("background") if "background" in names else None
     class_ids = [k for k in range(len(names)) if not (cfg.background == "threshold" and k == bg)]
     dev = ctx.torch_device()
-    text = torch.from_numpy(text_embeddings(encoder, [names[k] for k in class_ids], cfg.templates, ctx)).to(dev)
+    text = torch.from_numpy(class_text_embeddings(encoder, [names[k] for k in class_ids], cfg.templates, ctx)).to(dev)
 
     sizes, per_image, groups, bad = _plan_windows(ds, encoder, cfg.inference, short, window, stride,
                                                   ctx.skip_bad_images)
