@@ -42,7 +42,7 @@ def encode_texts(encoder, texts: Sequence[str], *, cache_dir=None, batch_size: i
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
             if arr.shape[0] == len(texts):
-                return np.asarray(arr, dtype=np.float32)
+                return np.array(arr, dtype=np.float32)  # an in-memory, writable copy
         except (OSError, ValueError):
             pass
         log.warning("text feature cache %s is unreadable; recomputing", path)
