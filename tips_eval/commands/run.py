@@ -40,7 +40,7 @@ def register(sub) -> None:
                     "(--force redoes them). Missing datasets are reported and skipped; image-only models "
                     "skip text tasks with a recorded reason.",
         epilog="example: tips-eval run --model tips-v2-b14 --model dinov2-b14 --suite paper --data-root /data")
-    p.add_argument("--model", "-m", action="append", required=True, metavar="NAME|PATH",
+    p.add_argument("--model", "-m", action="append", metavar="NAME|PATH",
                    help="zoo name (see `tips-eval models`) or a TIPS *_vision.npz (its *_text.npz and "
                         "tokenizer.model beside it are found); repeat for several models")
     p.add_argument("--suite", default="paper", help="suite name or YAML file (default: paper)")
@@ -86,6 +86,10 @@ def run(args) -> int:
     from tips_eval.suites import get_suite
 
     entries = get_suite(args.suite)
+    if not args.list and not args.model:
+        from tips_eval.errors import TipsEvalError
+
+        raise TipsEvalError("no --model given", hint="e.g. --model tips-v2-b14 (see `tips-eval models`)")
     if args.list:
         for e in entries:
             print(f"{e.id:22s} {e.task:26s} {e.dataset:20s} {e.reader}:{e.root} {e.splits}")
