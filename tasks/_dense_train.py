@@ -91,7 +91,7 @@ class CachedTrainSet(Dataset):
         try:
             return self._item(k)
         except TipsEvalError as e:  # shipped to the main process as data: one clean line, even from a worker
-            return Failure(k, type(e).__name__, e.message, e.hint)
+            return Failure.of(k, e)
 
     def _item(self, k: int) -> dict:
         v, r = self.items[k]
@@ -123,7 +123,7 @@ class AugmentedTrainSet(Dataset):
         try:
             return self._item(i)
         except TipsEvalError as e:  # shipped to the main process as data: one clean line, even from a worker
-            return Failure(i, type(e).__name__, e.message, e.hint)
+            return Failure.of(i, e)
 
     def _item(self, i: int):
         from torchvision.transforms.functional import to_tensor

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -107,12 +106,9 @@ def register_task(name: str, config_cls: type, *, roles: tuple[str, ...], needs_
 
 
 def load_tasks() -> dict[str, TaskSpec]:
-    for mod in TASK_MODULES:
-        try:
-            importlib.import_module(f"tips_eval.tasks.{mod}")
-        except ModuleNotFoundError as e:
-            if e.name != f"tips_eval.tasks.{mod}":
-                raise
+    from ._lazy import import_plugins
+
+    import_plugins("tips_eval.tasks", TASK_MODULES)
     return TASKS
 
 

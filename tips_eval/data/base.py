@@ -30,14 +30,9 @@ READER_MODULES = ("imagenet", "uned", "captions", "hf", "voc", "ade20k", "pascal
 
 def load_readers() -> dict[str, Callable[..., "ImageDataset"]]:
     """Import every reader module so the registry is complete; returns it."""
-    import importlib
+    from tips_eval._lazy import import_plugins
 
-    for mod in READER_MODULES:
-        try:
-            importlib.import_module(f"tips_eval.data.{mod}")
-        except ModuleNotFoundError as e:
-            if e.name != f"tips_eval.data.{mod}":
-                raise
+    import_plugins("tips_eval.data", READER_MODULES)
     return DATASETS
 
 

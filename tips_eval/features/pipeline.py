@@ -27,6 +27,11 @@ class Failure:
     message: str
     hint: str | None = None
 
+    @classmethod
+    def of(cls, index: int, exc: TipsEvalError) -> "Failure":
+        """The picklable form of a one-line error raised while loading item ``index``."""
+        return cls(index, type(exc).__name__, exc.message, exc.hint)
+
     def exception(self) -> TipsEvalError:
         cls = getattr(errors, self.error, None)
         if not (isinstance(cls, type) and issubclass(cls, TipsEvalError)):
@@ -50,7 +55,7 @@ class TransformedImages(torch.utils.data.Dataset):
                 img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             return i, self.transform(img)
         except TipsEvalError as e:
-            return i, Failure(i, type(e).__name__, e.message, e.hint)
+            return i, Failure.of(i, e)
         except OSError as e:  # a reader that reads files itself
             name = f"{getattr(self.dataset, 'name', 'dataset')}/{getattr(self.dataset, 'split', '')}"
             return i, Failure(i, "BadImageError", f"cannot read item {i} ({self._key(i)}) of {name}: "
